@@ -1,0 +1,9 @@
+"""Encoders. Each registry entry builds ``nn.Module`` mapping (B, C, H, W) images to (B, feature_dim) features."""
+
+from sslrun.registry import Registry
+
+BACKBONES = Registry("backbone")
+
+from sslrun.backbones import resnet, small  # noqa: E402,F401  (registration side effects)
+
+__all__ = ["BACKBONES"]

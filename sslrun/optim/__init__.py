@@ -1,0 +1,72 @@
+"""Optimizers by name, parameter groups (no weight decay on biases and norms), and the warmup-cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from sslrun.config import OptimConfig
+from sslrun.optim.lars import LARS
+from sslrun.registry import Registry
+
+OPTIMIZERS = Registry("optimizer")
+
+
+@OPTIMIZERS.register("sgd")
+def build_sgd(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """SGD with momentum"""
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def build_adamw(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay)"""
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("lars")
+def build_lars(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """LARS (You et al. 2017): SGD with a layer-wise trust ratio, as SimCLR uses"""
+    return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.trust_coefficient)
+
+
+def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Two groups: weights (decayed, LARS-adapted) and biases/norm parameters (neither, when excluded)."""
+    decay, plain = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (plain if cfg.exclude_bias_and_norm and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay}]
+    if plain:
+        groups.append({"params": plain, "weight_decay": 0.0, "lars_exclude": True})
+    return groups
+
+
+def effective_lr(cfg: OptimConfig, global_batch_size: int) -> float:
+    """Linear scaling rule (Goyal et al. 2017): lr x batch / 256 when ``optim.scale_lr`` is on."""
+    return cfg.lr * global_batch_size / 256 if cfg.scale_lr else cfg.lr
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
+    """Multiplier for LambdaLR: linear warmup from ~0 to 1, then cosine decay to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_optimizer(
+    groups: Iterable[dict], cfg: OptimConfig, global_batch_size: int, steps_per_epoch: int, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    lr = effective_lr(cfg, global_batch_size)
+    optimizer = OPTIMIZERS.build(cfg.name, list(groups), cfg, lr)
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), max(0, total_steps - 1))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total_steps, cfg.min_lr_ratio))
+    return optimizer, schedule

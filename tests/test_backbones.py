@@ -1,0 +1,55 @@
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torchvision.models import resnet18
+
+from sslrun.backbones import BACKBONES
+from sslrun.config import BackboneConfig
+from sslrun.errors import UserError
+
+
+def cfg(name: str, **kw) -> BackboneConfig:
+    return OmegaConf.merge(OmegaConf.structured(BackboneConfig), {"name": name, **kw})
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("in_channels,size", [(1, 16), (3, 32), (3, 72)])
+def test_every_backbone_maps_images_to_feature_dim(name, in_channels, size):
+    model = BACKBONES.build(name, cfg(name, width=0.25), in_channels, size)
+    out = model(torch.randn(2, in_channels, size, size))
+    assert out.shape == (2, model.feature_dim)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_width_multiplier_scales_parameters(name):
+    narrow = BACKBONES.build(name, cfg(name, width=0.25), 3, 32)
+    wide = BACKBONES.build(name, cfg(name, width=0.5), 3, 32)
+    assert sum(p.numel() for p in wide.parameters()) > 3 * sum(p.numel() for p in narrow.parameters())
+
+
+def test_cifar_stem_keeps_resolution_and_auto_picks_it_for_small_images():
+    model = BACKBONES.build("resnet18", cfg("resnet18", stem="auto"), 3, 32)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    big = BACKBONES.build("resnet18", cfg("resnet18", stem="auto"), 3, 224)
+    assert big.conv1.kernel_size == (7, 7)
+
+
+def test_resnet18_state_dict_loads_into_torchvision():
+    model = BACKBONES.build("resnet18", cfg("resnet18", stem="imagenet"), 3, 224)
+    reference = resnet18()
+    missing, unexpected = reference.load_state_dict(model.state_dict(), strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+    x = torch.randn(1, 3, 64, 64)
+    reference.fc = torch.nn.Identity()
+    model.eval(), reference.eval()
+    torch.testing.assert_close(model(x), reference(x))
+
+
+def test_bad_stem_and_width_are_user_errors():
+    with pytest.raises(UserError, match="stem"):
+        BACKBONES.build("resnet18", cfg("resnet18", stem="tiny"), 3, 32)
+    with pytest.raises(UserError, match="width"):
+        BACKBONES.build("convnet", cfg("convnet", width=0.0), 3, 32)

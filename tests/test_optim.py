@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sslrun.config import OptimConfig
+from sslrun.optim import OPTIMIZERS, build_optimizer, effective_lr, param_groups, warmup_cosine
+
+
+def optim_cfg(name: str, **kw) -> OptimConfig:
+    return OmegaConf.merge(OmegaConf.structured(OptimConfig), {"name": name, **kw})
+
+
+def test_warmup_then_cosine_to_min_ratio():
+    f = warmup_cosine(warmup_steps=10, total_steps=110, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 120))
+
+
+def test_linear_scaling_rule():
+    assert effective_lr(optim_cfg("sgd", lr=0.3), 512) == pytest.approx(0.6)
+    assert effective_lr(optim_cfg("sgd", lr=0.3, scale_lr=False), 512) == pytest.approx(0.3)
+
+
+def test_bias_and_norm_parameters_get_no_weight_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    decay, plain = param_groups(model, optim_cfg("lars"))
+    assert [p.ndim for p in decay["params"]] == [2]
+    assert plain["weight_decay"] == 0.0 and plain["lars_exclude"] and len(plain["params"]) == 3
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_every_optimizer_reduces_a_quadratic(name):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    cfg = optim_cfg(name, lr=0.05 if name != "lars" else 1.0, warmup_epochs=0, weight_decay=0.0, scale_lr=False)
+    opt, sched = build_optimizer(param_groups(model, cfg), cfg, 64, steps_per_epoch=1, total_steps=200)
+    first = torch.nn.functional.mse_loss(model(x), y).item()
+    for _ in range(100):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        sched.step()
+    assert loss.item() < 0.8 * first
+
+
+def test_lars_step_is_trust_ratio_scaled():
+    w = torch.nn.Parameter(torch.full((2, 2), 2.0))
+    w.grad = torch.full((2, 2), 1.0)
+    opt = OPTIMIZERS.build("lars", [{"params": [w]}], optim_cfg("lars", weight_decay=0.0, trust_coefficient=0.01), 1.0)
+    opt.step()
+    # trust = 0.01 * ||w|| / ||g|| = 0.01 * 4 / 2 = 0.02 -> w = 2 - 0.02
+    torch.testing.assert_close(w.detach(), torch.full((2, 2), 1.98))
