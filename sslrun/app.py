@@ -1,0 +1,98 @@
+"""Runs one sub-command as a Hydra app. Before Hydra starts, every override (every combination under ``-m``)
+is composed and validated, so a typo or an unknown name ends in one clear line and exit status 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from types import ModuleType
+
+import hydra
+from hydra import compose, initialize_config_module
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from sslrun import console
+from sslrun.config import unknown_key_message, validate
+from sslrun.errors import UserError
+from sslrun.registry import unknown_name_message
+
+CONFIG_MODULE = "sslrun.configs"
+
+
+def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
+    """``command`` provides ``schema(cfg) -> dataclass instance`` and ``run(cfg) -> dict``."""
+    args = get_args_parser().parse_args(argv)
+    if not (args.help or args.hydra_help or args.info or args.shell_completion or args.cfg):
+        try:
+            precheck(name, command.schema, args.overrides)
+        except UserError as err:
+            console.fail(str(err))
+
+    def task(cfg: DictConfig) -> None:
+        try:
+            validated = validate(cfg, command.schema(cfg))
+            console.print_config(validated, f"sslrun {name}")
+            command.run(validated)
+        except UserError as err:
+            console.fail(str(err))
+
+    sys.argv = [f"sslrun {name}", *argv]
+    hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=name, version_base="1.3")(task)()
+
+
+def precheck(name: str, schema: Callable[[DictConfig], object], overrides: list[str]) -> None:
+    """Compose and validate the config for every override combination; raise UserError on the first problem."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise UserError(f"cannot parse overrides: {str(err).splitlines()[0]}") from None
+    parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
+    combos = BasicSweeper.split_arguments(parsed, None)[0] if parsed else [[]]
+    GlobalHydra.instance().clear()
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        groups = set(loader.list_groups(""))
+        for combo in combos:
+            _check_combo(name, schema, combo, loader, groups)
+    GlobalHydra.instance().clear()
+
+
+def _check_combo(name: str, schema, combo: list[str], loader, groups: set[str]) -> None:
+    items = OverridesParser.create().parse_overrides(combo)
+    group_overrides = []
+    for item in items:
+        key = item.key_or_group
+        if key in groups and not item.is_delete():
+            options = loader.get_group_options(key)
+            for value in _choices(item):
+                if value not in options:
+                    raise UserError(unknown_name_message(key, value, options))
+            group_overrides.append(item.input_line)
+    base = _compose(name, group_overrides)
+    for item in items:
+        key = item.key_or_group
+        if key in groups or item.is_add() or item.is_force_add():
+            continue
+        if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            raise UserError(unknown_key_message(base, key))
+    validate(_compose(name, combo), schema(base))
+
+
+_MISSING = object()
+
+
+def _choices(item) -> list[str]:
+    value = item.value()
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _compose(name: str, overrides: list[str]) -> DictConfig:
+    try:
+        return compose(config_name=name, overrides=overrides)
+    except HydraException as err:
+        raise UserError(" ".join(str(err).split())) from None

@@ -1,0 +1,57 @@
+"""Frozen-feature helpers shared by the kNN monitor and ``sslrun finetune``: extraction and weighted kNN."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``backbone`` in eval mode over ``loader``; returns fp32 features (M, D) and labels (M,) on CPU."""
+    was_training = backbone.training
+    backbone.eval()
+    feats, labels = [], []
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for images, y in loader:
+        images = images.to(device, memory_format=memory_format)
+        with autocast():
+            feats.append(backbone(images).float().cpu())
+        labels.append(y)
+    backbone.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def knn_predict(
+    bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int, k: int, temperature: float
+) -> torch.Tensor:
+    """Weighted kNN vote (Wu et al. 2018, as in DINO/LightlySSL): cosine similarity, weights exp(sim / T).
+
+    bank: (M, D), bank_labels: (M,), queries: (Q, D) -> class scores (Q, num_classes).
+    """
+    bank = F.normalize(bank, dim=1)
+    scores = []
+    for chunk in F.normalize(queries, dim=1).split(1024):
+        sim, idx = (chunk @ bank.T).topk(min(k, bank.shape[0]), dim=1)
+        weights = (sim / temperature).exp()
+        votes = torch.zeros(chunk.shape[0], num_classes)
+        votes.scatter_add_(1, bank_labels[idx], weights)
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Fraction of rows whose label is among the ``k`` highest scores (k clipped to the number of classes)."""
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+    return (top == labels[:, None]).any(dim=1).float().mean().item()

@@ -1,0 +1,51 @@
+"""Reading an sslrun pretraining checkpoint (a file or a run dir) back into a backbone."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from pickle import UnpicklingError
+from typing import Any
+
+import torch
+
+from sslrun.errors import UserError
+
+BACKBONE_PREFIX = "backbone."
+
+
+@dataclass
+class Pretrained:
+    path: Path
+    config: dict[str, Any]  # the whole resolved pretrain config
+    in_channels: int
+    image_size: int
+    backbone_state: dict[str, torch.Tensor]
+
+
+def resolve_path(pretrained: str) -> Path:
+    """A checkpoint file, or a run dir holding ``checkpoints/last.ckpt``."""
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise UserError(
+            f"pretrained={pretrained!r}: no checkpoint at {path}; pass a .ckpt file, a pretrain run dir, or none"
+        )
+    return path
+
+
+def load_pretrained(pretrained: str) -> Pretrained:
+    path = resolve_path(pretrained)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as err:
+        reason = " ".join(str(err).split())[:160]
+        raise UserError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {reason}") from None
+    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+    if "cfg" not in hparams or not any(k.startswith(BACKBONE_PREFIX) for k in state):
+        raise UserError(f"{path} is not an sslrun pretrain checkpoint (no backbone weights or config in it)")
+    backbone_state = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    return Pretrained(path, hparams["cfg"], int(hparams["in_channels"]), int(hparams["image_size"]), backbone_state)

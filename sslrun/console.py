@@ -1,0 +1,53 @@
+"""All terminal output: the composed config as a tree, result tables, and one-line user errors."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_config(cfg: DictConfig, title: str) -> None:
+    tree = Tree(f"[bold]{title}[/bold]")
+    _add_nodes(tree, cfg)
+    console.print(tree)
+
+
+def _add_nodes(tree: Tree, node: DictConfig | ListConfig) -> None:
+    for key, value in node.items():
+        if isinstance(value, DictConfig):
+            _add_nodes(tree.add(f"[bold cyan]{key}[/bold cyan]"), value)
+        else:
+            shown = OmegaConf.to_yaml(value).strip() if isinstance(value, ListConfig) else repr(value)
+            tree.add(f"{key}: [green]{shown}[/green]")
+
+
+def print_metrics(metrics: Mapping[str, float | int | str], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def print_rows(title: str, rows: Iterable[tuple[str, str, str]]) -> None:
+    table = Table(title=title)
+    for column in ("kind", "name", "description"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def fail(message: str) -> None:
+    """Print a user error on one line and exit with status 2 (no traceback)."""
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(2)

@@ -1,0 +1,157 @@
+"""What every dataset builder returns (``Splits``), the in-memory dataset type, and the Lightning data module that
+turns a ``DataConfig`` into SSL two-view, fine-tuning and evaluation loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from sslrun.config import DataConfig
+from sslrun.data import DATASETS
+from sslrun.data.views import check_views, eval_transform, finetune_view, two_views
+from sslrun.errors import UserError
+
+STAGES = ("pretrain", "finetune")
+
+
+@dataclass
+class Splits:
+    """Datasets of (uint8 tensor (C, H, W), int label) items; label -1 where unknown (unlabelled pretraining data)."""
+
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pretrain: Dataset | None = None
+
+
+class TensorImages(Dataset):
+    """Images held in memory: uint8 (N, C, H, W) (any strides, e.g. a permuted numpy view) and (N,) labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"expected uint8 (N, C, H, W) images and N labels, got {images.shape} {images.dtype}")
+        self.images = images
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index].contiguous(), int(self.labels[index])
+
+
+class Transformed(Dataset):
+    """Applies ``transform`` to the image of each (image, label) item of ``dataset``."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], Any]) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
+def _first(dataset: Dataset, limit: int | None) -> Dataset:
+    if limit is None or limit >= len(dataset):
+        return dataset
+    return Subset(dataset, range(limit))
+
+
+def limit_splits(splits: Splits, limit: int | None) -> Splits:
+    """Keep the first ``limit`` items of every split (``data.limit``, for quick runs)."""
+    if limit is not None and limit < 1:
+        raise UserError(f"data.limit={limit} must be a positive number of images (or null for all)")
+    pretrain = None if splits.pretrain is None else _first(splits.pretrain, limit)
+    return replace(splits, train=_first(splits.train, limit), val=_first(splits.val, limit), pretrain=pretrain)
+
+
+class SSLDataModule(pl.LightningDataModule):
+    """Builds the dataset named by ``cfg.name`` right away, so a missing or unreadable dataset fails before training.
+
+    stage ``pretrain``: ``train_dataloader`` yields ((view1, view2), labels), two independent SimCLR views (B, C, S, S).
+    stage ``finetune``: ``train_dataloader`` yields (images, labels) with light augmentation.
+    ``eval_dataloaders`` yields (images, labels) of the train and val splits with the deterministic eval transform.
+    """
+
+    def __init__(self, cfg: DataConfig, stage: str) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.cfg = cfg
+        self.stage = stage
+        if cfg.batch_size < 1 or cfg.image_size < 1 or cfg.num_workers < 0:
+            raise UserError(
+                f"data.batch_size={cfg.batch_size} and data.image_size={cfg.image_size} must be positive and "
+                f"data.num_workers={cfg.num_workers} not negative"
+            )
+        check_views(cfg.views)
+        self.splits = limit_splits(DATASETS.get(cfg.name)(cfg), cfg.limit)
+        source = self._train_source
+        if len(source) < cfg.batch_size:
+            raise UserError(
+                f"data.batch_size={cfg.batch_size} is larger than the {len(source)} training images of "
+                f"data={cfg.name}; lower data.batch_size (every training batch is full-sized)"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return self.splits.num_classes
+
+    @property
+    def channels(self) -> int:
+        return self.splits.channels
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    @property
+    def _train_source(self) -> Dataset:
+        pretrain = self.splits.pretrain
+        return pretrain if self.stage == "pretrain" and pretrain is not None else self.splits.train
+
+    def train_dataloader(self) -> DataLoader:
+        s = self.splits
+        if self.stage == "pretrain":
+            transform = two_views(self.cfg.views, self.image_size, s.channels, s.mean, s.std)
+        else:
+            transform = finetune_view(self.cfg.views, self.image_size, s.mean, s.std)
+        # Full batches only: an uneven last batch stalls DDP and breaks batch statistics.
+        return self._loader(Transformed(self._train_source, transform), shuffle=True, drop_last=True)
+
+    def eval_dataloaders(self) -> tuple[DataLoader, DataLoader]:
+        """(train, val) loaders with the eval transform, in dataset order; built once so workers persist."""
+        return self._eval_loaders
+
+    @cached_property
+    def _eval_loaders(self) -> tuple[DataLoader, DataLoader]:
+        transform = eval_transform(self.image_size, self.splits.mean, self.splits.std)
+        return tuple(
+            self._loader(Transformed(split, transform), shuffle=False, drop_last=False)
+            for split in (self.splits.train, self.splits.val)
+        )
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )

@@ -1,0 +1,93 @@
+"""``sslrun finetune``: evaluate a pretrained (or random-init) backbone with a linear probe on frozen features
+plus kNN (``mode=linear``), or by full fine-tuning (``mode=full``); write top-1/top-5 to metrics.json."""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from sslrun import console
+from sslrun.backbones import BACKBONES
+from sslrun.callbacks.features import extract_features, knn_predict, topk_accuracy
+from sslrun.checkpoint import load_pretrained
+from sslrun.classifier import Classifier
+from sslrun.config import BackboneConfig, FinetuneConfig
+from sslrun.data import SSLDataModule
+from sslrun.errors import UserError
+from sslrun.outputs import run_dir, write_metrics
+from sslrun.trainer import build_trainer
+
+log = logging.getLogger(__name__)
+MODES = ("linear", "full")
+
+
+def schema(cfg: DictConfig) -> FinetuneConfig:
+    return FinetuneConfig()
+
+
+def build_backbone(cfg: DictConfig, data: SSLDataModule) -> tuple[nn.Module, DictConfig]:
+    """The pretrained backbone (architecture from its checkpoint) or, for ``pretrained=none``, a random init."""
+    if str(cfg.pretrained).lower() == "none":
+        backbone_cfg = cfg.backbone
+        return BACKBONES.build(backbone_cfg.name, backbone_cfg, data.channels, data.image_size), backbone_cfg
+    ckpt = load_pretrained(str(cfg.pretrained))
+    if ckpt.in_channels != data.channels:
+        raise UserError(
+            f"{ckpt.path} was pretrained on {ckpt.in_channels}-channel images but data={cfg.data.name} has "
+            f"{data.channels}; evaluate on a dataset with {ckpt.in_channels} channels"
+        )
+    backbone_cfg = OmegaConf.merge(OmegaConf.structured(BackboneConfig), ckpt.config["backbone"])
+    backbone = BACKBONES.build(backbone_cfg.name, backbone_cfg, ckpt.in_channels, ckpt.image_size)
+    backbone.load_state_dict(ckpt.backbone_state)
+    log.info("loaded backbone %s from %s", backbone_cfg.name, ckpt.path)
+    return backbone, backbone_cfg
+
+
+def run(cfg: DictConfig) -> dict[str, float | str]:
+    if cfg.mode not in MODES:
+        raise UserError(f"mode={cfg.mode!r} is not one of: {', '.join(MODES)}")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = SSLDataModule(cfg.data, stage="finetune")
+    backbone, backbone_cfg = build_backbone(cfg, data)
+    out = run_dir()
+    metrics: dict[str, float | str] = {"mode": cfg.mode, "pretrained": str(cfg.pretrained)}
+    if cfg.mode == "linear":
+        model, train_loader, val_loader, knn_top1 = _linear_setup(cfg, backbone, data)
+        metrics["knn_top1"] = knn_top1
+    else:
+        model = Classifier(
+            backbone, backbone.feature_dim, data.num_classes, cfg.optim, cfg.data.batch_size, cfg.trainer.channels_last
+        )
+        train_loader, val_loader = data.train_dataloader(), data.eval_dataloaders()[1]
+    trainer = build_trainer(cfg.trainer, cfg.logger, out, [], validate=True)
+    trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    metrics.update(top1=float(trainer.callback_metrics["top1"]), top5=float(trainer.callback_metrics["top5"]))
+    metrics["backbone"] = f"{backbone_cfg.name} width={backbone_cfg.width} stem={backbone_cfg.stem}"
+    if trainer.is_global_zero:
+        write_metrics(out, metrics)
+        console.print_metrics(metrics, f"finetune results ({out})")
+    return metrics
+
+
+def _linear_setup(cfg: DictConfig, backbone: nn.Module, data: SSLDataModule):
+    """Embed both splits once with the frozen backbone (plain eval transform); standardise with train statistics."""
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    backbone.to(device)
+    train_eval, val_eval = data.eval_dataloaders()
+    train_x, train_y = extract_features(backbone, train_eval, device)
+    val_x, val_y = extract_features(backbone, val_eval, device)
+    knn = knn_predict(train_x, train_y, val_x, data.num_classes, cfg.eval.knn_k, cfg.eval.knn_temperature)
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
+    model = Classifier(nn.Identity(), train_x.shape[1], data.num_classes, cfg.optim, cfg.data.batch_size)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(
+        TensorDataset(train_x, train_y), batch_size=cfg.data.batch_size, shuffle=True, generator=generator
+    )
+    val_loader = DataLoader(TensorDataset(val_x, val_y), batch_size=1024)
+    return model, train_loader, val_loader, topk_accuracy(knn, val_y, 1)

@@ -1,0 +1,76 @@
+"""Plumbing shared by every SSL method: backbone, online probe, channels_last, optimizer and schedule, gathering.
+
+A method subclasses ``SSLMethod``, sets ``Config`` to its schema and implements ``ssl_step``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sslrun.backbones import BACKBONES
+from sslrun.callbacks.online_probe import OnlineLinearProbe
+from sslrun.config import MethodConfig
+from sslrun.optim import build_optimizer, param_groups
+
+
+class SSLMethod(pl.LightningModule):
+    Config: type[MethodConfig] = MethodConfig
+
+    def __init__(self, cfg: dict[str, Any], in_channels: int, image_size: int, num_classes: int) -> None:
+        """``cfg`` is the whole resolved pretrain config as plain containers (stored in the checkpoint)."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg: DictConfig = OmegaConf.create(cfg)
+        self.backbone = BACKBONES.build(self.cfg.backbone.name, self.cfg.backbone, in_channels, image_size)
+        self.probe = OnlineLinearProbe(self.backbone.feature_dim, num_classes)
+        self.channels_last = bool(self.cfg.trainer.channels_last)
+
+    def ssl_step(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views (B, C, H, W) -> (SSL loss, backbone features of ``view1`` (B, D) for the online probe)."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def setup(self, stage: str) -> None:
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        (view1, view2), labels = batch
+        if self.channels_last:
+            view1 = view1.contiguous(memory_format=torch.channels_last)
+            view2 = view2.contiguous(memory_format=torch.channels_last)
+        loss, feats = self.ssl_step(view1, view2)
+        probe_loss, probe_acc = self.probe.loss(feats, labels)
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        self.log("probe_train_acc", probe_acc, on_step=False, on_epoch=True)
+        return loss + probe_loss
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, ...) per rank -> (world_size * n, ...) in rank order, gradients flowing back to every rank."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return x
+        return self.all_gather(x, sync_grads=True).flatten(0, 1)
+
+    def configure_optimizers(self):
+        ssl_params = torch.nn.ModuleList(m for name, m in self.named_children() if name != "probe")
+        groups = param_groups(ssl_params, self.cfg.optim)
+        groups.append({"params": list(self.probe.parameters()), "lr": self.cfg.eval.probe_lr,
+                       "weight_decay": 0.0, "lars_exclude": True})
+        total = int(self.trainer.estimated_stepping_batches)
+        global_batch = self.cfg.data.batch_size * self.trainer.world_size
+        optimizer, schedule = build_optimizer(groups, self.cfg.optim, global_batch, self._steps_per_epoch(total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _steps_per_epoch(self, total_steps: int) -> int:
+        """Optimizer steps in one epoch, to express warmup in epochs (also when ``max_steps`` ends training)."""
+        trainer = self.trainer
+        if trainer.max_steps < 0 and trainer.max_epochs and trainer.max_epochs > 0:
+            return max(1, total_steps // trainer.max_epochs)
+        return max(1, len(trainer.datamodule.train_dataloader()) // trainer.world_size)

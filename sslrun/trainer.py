@@ -1,0 +1,53 @@
+"""Builds the Lightning Trainer from ``trainer`` and ``logger`` configs: precision, devices, loggers, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+
+
+def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
+    loggers: list[Logger] = []
+    if cfg.csv is not None:
+        loggers.append(CSVLogger(out_dir, name="csv", version="", flush_logs_every_n_steps=cfg.csv.flush_logs_every_n_steps))
+    if cfg.tensorboard is not None:
+        loggers.append(
+            TensorBoardLogger(out_dir, name="tensorboard", version="", default_hp_metric=cfg.tensorboard.default_hp_metric)
+        )
+    return loggers
+
+
+def build_trainer(
+    cfg: DictConfig, logger_cfg: DictConfig, out_dir: Path, callbacks: list[Callback], validate: bool = False
+) -> pl.Trainer:
+    """A Trainer writing ``checkpoints/last.ckpt`` and logger output into ``out_dir``; the Lightning validation
+    loop runs only with ``validate`` (pretraining evaluates through the kNN monitor instead)."""
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", enable_version_counter=False)
+    extra: list[Callback] = [checkpoint]
+    if cfg.enable_progress_bar:
+        extra.append(RichProgressBar(leave=True))
+    return pl.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        num_nodes=cfg.num_nodes,
+        precision=cfg.precision,
+        max_epochs=cfg.max_epochs,
+        max_steps=cfg.max_steps,
+        limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=1.0 if validate else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=cfg.log_every_n_steps,
+        gradient_clip_val=cfg.gradient_clip_val,
+        sync_batchnorm=cfg.sync_batchnorm,
+        deterministic=cfg.deterministic,
+        enable_progress_bar=cfg.enable_progress_bar,
+        enable_model_summary=cfg.enable_progress_bar,
+        default_root_dir=out_dir,
+        logger=build_loggers(logger_cfg, out_dir) or False,
+        callbacks=[*callbacks, *extra],
+    )

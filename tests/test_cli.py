@@ -1,0 +1,106 @@
+"""The real ``sslrun`` console script: pretrain -> finetune end to end on tiny data, and user errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SSLRUN = str(Path(sys.executable).with_name("sslrun"))
+TINY = ["data.limit=64", "data.batch_size=16", "data.num_workers=0", "backbone=convnet", "backbone.width=0.25",
+        "trainer=debug"]
+
+
+def sslrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([SSLRUN, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    message = " ".join(proc.stderr.split())
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    run = root / "pre"
+    proc = sslrun("pretrain", "method=contrastive", *TINY, f"hydra.run.dir={run}", cwd=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run
+
+
+def test_pretrain_writes_the_contracted_outputs(pretrain_run):
+    assert (pretrain_run / ".hydra" / "config.yaml").is_file()
+    assert (pretrain_run / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((pretrain_run / "metrics.json").read_text())
+    for key in ("knn_top1", "linear_top1", "linear_top5", "img_per_s", "train_loss"):
+        assert key in metrics, metrics
+    assert 0.0 <= metrics["knn_top1"] <= 1.0 and metrics["img_per_s"] > 0 and metrics["steps"] == 4
+    assert (pretrain_run / "csv" / "metrics.csv").is_file()
+    assert list((pretrain_run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("pretrained,mode", [("run", "linear"), ("none", "linear"), ("ckpt", "full")])
+def test_finetune_reports_top1_top5(pretrain_run, tmp_path, pretrained, mode):
+    source = {"run": str(pretrain_run), "ckpt": str(pretrain_run / "checkpoints" / "last.ckpt"), "none": "none"}
+    extra = [] if pretrained != "none" else ["backbone=convnet", "backbone.width=0.25"]
+    args = [f"pretrained={source[pretrained]}", f"mode={mode}", "data.limit=64", "data.batch_size=16",
+            "data.num_workers=0", "trainer=debug", f"hydra.run.dir={tmp_path / 'ft'}", *extra]
+    proc = sslrun("finetune", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0 and metrics["mode"] == mode
+    assert "convnet width=0.25" in metrics["backbone"]
+
+
+def test_finetune_loads_the_pretrained_weights(pretrain_run):
+    from sslrun.checkpoint import load_pretrained
+
+    ckpt = load_pretrained(str(pretrain_run))
+    state = torch.load(pretrain_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    key = next(iter(ckpt.backbone_state))
+    assert torch.equal(ckpt.backbone_state[key], state["backbone." + key])
+    assert ckpt.config["backbone"]["name"] == "convnet"
+
+
+def test_user_errors_exit_2_with_one_clear_line(tmp_path):
+    assert_user_error(sslrun("pretrain", "trainer.max_epoch=3", cwd=tmp_path), "trainer.max_epoch", "max_epochs")
+    assert_user_error(sslrun("pretrain", "method=simclrr", cwd=tmp_path), "unknown method 'simclrr'", "contrastive")
+    assert_user_error(sslrun("pretrian", cwd=tmp_path), "unknown command 'pretrian'", "did you mean 'pretrain'")
+    missing = tmp_path / "nowhere"
+    assert_user_error(sslrun("finetune", f"pretrained={missing}", cwd=tmp_path), "no checkpoint at")
+    assert_user_error(
+        sslrun("pretrain", "data=imagefolder", f"data.root={missing}", *TINY[3:], cwd=tmp_path), str(missing)
+    )
+
+
+def test_truncated_checkpoint_is_a_user_error(pretrain_run, tmp_path):
+    data = (pretrain_run / "checkpoints" / "last.ckpt").read_bytes()
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(data[: len(data) // 2])
+    assert_user_error(sslrun("finetune", f"pretrained={broken}", cwd=tmp_path), "cannot read checkpoint")
+
+
+def test_cfg_job_and_list_and_help(tmp_path):
+    proc = sslrun("pretrain", "--cfg", "job", "optim.lr=0.7", cwd=tmp_path)
+    assert proc.returncode == 0 and "lr: 0.7" in proc.stdout
+    listing = sslrun("list", cwd=tmp_path)
+    assert listing.returncode == 0
+    for name in ("contrastive", "resnet18", "digits", "imagefolder", "lars", "chunked"):
+        assert name in listing.stdout
+    top = sslrun("--help", cwd=tmp_path)
+    assert top.returncode == 0 and "pretrain" in top.stdout and "finetune" in top.stdout
+    sub = sslrun("pretrain", "--help", cwd=tmp_path)
+    assert sub.returncode == 0 and "method: contrastive" in sub.stdout
+
+
+def test_multirun_sweeps_each_combination(tmp_path):
+    proc = sslrun("pretrain", "-m", "optim.lr=0.1,0.2", *TINY, "trainer.max_steps=1",
+                  f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(list((tmp_path / "sweep").glob("*/metrics.json"))) == 2

@@ -1,0 +1,72 @@
+"""Every config group entry composes and validates; bad keys and names fail with one clear message."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+import sslrun.finetune
+import sslrun.pretrain
+from sslrun.app import precheck
+from sslrun.backbones import BACKBONES
+from sslrun.data import DATASETS
+from sslrun.errors import UserError
+from sslrun.methods import METHODS
+from sslrun.optim import OPTIMIZERS
+
+CONFIGS = Path(sslrun.pretrain.__file__).parent / "configs"
+REGISTRIES = {"method": METHODS, "backbone": BACKBONES, "data": DATASETS, "optim": OPTIMIZERS}
+COMMANDS = {"pretrain": sslrun.pretrain, "finetune": sslrun.finetune}
+GROUP_ENTRIES = [
+    (group, path.stem) for group in ("method", "backbone", "data", "trainer", "logger", "optim")
+    for path in sorted((CONFIGS / group).glob("*.yaml"))
+]
+
+
+def entries_for(command: str):
+    return [(g, n) for g, n in GROUP_ENTRIES if not (command == "finetune" and g == "method")]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_group_entry_composes_and_validates(command):
+    for group, name in entries_for(command):
+        precheck(command, COMMANDS[command].schema, [f"{group}={name}"])
+
+
+@pytest.mark.parametrize("group", REGISTRIES)
+def test_yaml_entries_and_registry_names_match(group):
+    stems = sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    assert stems == REGISTRIES[group].names()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("sslrun.configs", version_base="1.3"):
+        for stem in stems:
+            assert compose("pretrain", overrides=[f"{group}={stem}"])[group].name == stem
+
+
+def test_typo_key_names_key_and_valid_choices():
+    with pytest.raises(UserError) as err:
+        precheck("pretrain", sslrun.pretrain.schema, ["trainer.max_epoch=3"])
+    message = str(err.value)
+    assert "'trainer.max_epoch'" in message and "did you mean 'max_epochs'" in message and "precision" in message
+
+
+def test_unknown_method_lists_choices():
+    with pytest.raises(UserError) as err:
+        precheck("pretrain", sslrun.pretrain.schema, ["method=simclrr"])
+    assert "unknown method 'simclrr'" in str(err.value) and "contrastive" in str(err.value)
+
+
+def test_wrong_type_and_appended_unknown_key_are_rejected():
+    with pytest.raises(UserError, match="trainer.max_epochs"):
+        precheck("pretrain", sslrun.pretrain.schema, ["trainer.max_epochs=many"])
+    with pytest.raises(UserError, match="unknown key 'method.temprature'"):
+        precheck("pretrain", sslrun.pretrain.schema, ["+method.temprature=0.5"])
+    with pytest.raises(UserError, match="precision"):
+        precheck("pretrain", sslrun.pretrain.schema, ["trainer.precision=bf17"])
+
+
+def test_every_sweep_combination_is_checked():
+    precheck("pretrain", sslrun.pretrain.schema, ["backbone=resnet18,convnet", "optim.lr=0.1,0.2"])
+    with pytest.raises(UserError, match="unknown backbone 'resnet9'"):
+        precheck("pretrain", sslrun.pretrain.schema, ["backbone=resnet18,resnet9"])
