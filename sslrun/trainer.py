@@ -9,6 +9,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
+from sslrun.errors import UserError
+
 
 def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
     loggers: list[Logger] = []
@@ -26,6 +28,8 @@ def build_trainer(
 ) -> pl.Trainer:
     """A Trainer writing ``checkpoints/last.ckpt`` and logger output into ``out_dir``; the Lightning validation
     loop runs only with ``validate`` (pretraining evaluates through the kNN monitor instead)."""
+    if cfg.sync_batchnorm and cfg.accelerator == "cpu":
+        raise UserError("trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm); on CPU set it to false")
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", enable_version_counter=False)
     extra: list[Callback] = [checkpoint]
     if cfg.enable_progress_bar:

@@ -30,6 +30,14 @@ class FixedViews(Dataset):
         return (self.v1[i], self.v2[i]), self.y[i]
 
 
+def without_batchnorm(module: torch.nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, torch.nn.Identity())
+        else:
+            without_batchnorm(child)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--method", required=True)
@@ -48,6 +56,9 @@ def main() -> None:
     cfg = OmegaConf.to_container(validate(cfg, schema(cfg)), resolve=True)
     pl.seed_everything(0, verbose=False)
     model = METHODS.get(args.method)(cfg, in_channels=1, image_size=8, num_classes=10)
+    # SyncBatchNorm needs GPUs; without it per-rank batch statistics differ from the single-process ones by design,
+    # so batch norm is taken out to compare the gather, the loss and the gradient reduction alone.
+    without_batchnorm(model)
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
     losses = []
 
@@ -57,7 +68,7 @@ def main() -> None:
 
     trainer = pl.Trainer(
         accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto", max_steps=1,
-        sync_batchnorm=True, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[RecordLoss()],
     )
     loader = DataLoader(FixedViews(), batch_size=GLOBAL_BATCH // args.devices, shuffle=False)

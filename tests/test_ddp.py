@@ -27,8 +27,6 @@ def test_contrastive_ddp_equals_single_process(tmp_path, backend):
     single = run_worker(tmp_path, "contrastive", 1, backend)
     double = run_worker(tmp_path, "contrastive", 2, backend)
     assert double["loss"] == pytest.approx(single["loss"], rel=1e-5)
-    moved = 0
     for name, after_single in single["params"].items():
         torch.testing.assert_close(double["params"][name], after_single, rtol=1e-4, atol=1e-6, msg=name)
-        moved += int(after_single.is_floating_point() and not torch.equal(after_single, single["init"][name]))
-    assert moved > 10, "the step changed too few parameters for the comparison to mean anything"
+        assert not torch.equal(after_single, single["init"][name]), f"{name} did not move: the comparison means nothing"

@@ -65,12 +65,10 @@ class SSLMethod(pl.LightningModule):
                        "weight_decay": 0.0, "lars_exclude": True})
         total = int(self.trainer.estimated_stepping_batches)
         global_batch = self.cfg.data.batch_size * self.trainer.world_size
-        optimizer, schedule = build_optimizer(groups, self.cfg.optim, global_batch, self._steps_per_epoch(total), total)
+        optimizer, schedule = build_optimizer(groups, self.cfg.optim, global_batch, self._steps_per_epoch(), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def _steps_per_epoch(self, total_steps: int) -> int:
-        """Optimizer steps in one epoch, to express warmup in epochs (also when ``max_steps`` ends training)."""
-        trainer = self.trainer
-        if trainer.max_steps < 0 and trainer.max_epochs and trainer.max_epochs > 0:
-            return max(1, total_steps // trainer.max_epochs)
-        return max(1, len(trainer.datamodule.train_dataloader()) // trainer.world_size)
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch (known once ``estimated_stepping_batches`` has set up the loader)."""
+        batches = self.trainer.num_training_batches
+        return 1 if batches == float("inf") else max(1, int(batches) // self.trainer.accumulate_grad_batches)
