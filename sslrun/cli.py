@@ -9,8 +9,8 @@ from sslrun import console
 from sslrun.registry import unknown_name_message
 
 HYDRA_COMMANDS = {
-    "pretrain": "self-supervised pretraining of an encoder (sslrun/configs/pretrain.yaml)",
-    "finetune": "linear probe / full fine-tune / kNN of a pretrained or random-init encoder (sslrun/configs/finetune.yaml)",
+    "pretrain": "self-supervised pretraining of an image encoder",
+    "finetune": "linear probe + kNN or full fine-tune of a pretrained or random-init encoder",
 }
 PLAIN_COMMANDS = {"list": ("sslrun.listing", "methods, backbones, datasets, optimizers and loss backends")}
 

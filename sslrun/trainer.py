@@ -15,10 +15,14 @@ from sslrun.errors import UserError
 def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
     loggers: list[Logger] = []
     if cfg.csv is not None:
-        loggers.append(CSVLogger(out_dir, name="csv", version="", flush_logs_every_n_steps=cfg.csv.flush_logs_every_n_steps))
+        loggers.append(
+            CSVLogger(out_dir, name="csv", version="", flush_logs_every_n_steps=cfg.csv.flush_logs_every_n_steps)
+        )
     if cfg.tensorboard is not None:
         loggers.append(
-            TensorBoardLogger(out_dir, name="tensorboard", version="", default_hp_metric=cfg.tensorboard.default_hp_metric)
+            TensorBoardLogger(
+                out_dir, name="tensorboard", version="", default_hp_metric=cfg.tensorboard.default_hp_metric
+            )
         )
     return loggers
 

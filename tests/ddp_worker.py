@@ -46,8 +46,15 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     overrides = [
-        f"method={args.method}", "backbone=convnet", "backbone.width=0.125", "optim=sgd", "optim.lr=0.5",
-        "optim.scale_lr=false", "optim.weight_decay=0", "optim.momentum=0", f"data.batch_size={GLOBAL_BATCH // args.devices}",
+        f"method={args.method}",
+        "backbone=convnet",
+        "backbone.width=0.125",
+        "optim=sgd",
+        "optim.lr=0.5",
+        "optim.scale_lr=false",
+        "optim.weight_decay=0",
+        "optim.momentum=0",
+        f"data.batch_size={GLOBAL_BATCH // args.devices}",
     ]
     if args.method == "contrastive":
         overrides.append(f"method.loss_backend={args.backend}")
@@ -67,9 +74,15 @@ def main() -> None:
             losses.append(trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean").item())
 
     trainer = pl.Trainer(
-        accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto", max_steps=1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[RecordLoss()],
+        accelerator="cpu",
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RecordLoss()],
     )
     loader = DataLoader(FixedViews(), batch_size=GLOBAL_BATCH // args.devices, shuffle=False)
     trainer.fit(model, train_dataloaders=loader)

@@ -9,8 +9,14 @@ import pytest
 import torch
 
 SSLRUN = str(Path(sys.executable).with_name("sslrun"))
-TINY = ["data.limit=64", "data.batch_size=16", "data.num_workers=0", "backbone=convnet", "backbone.width=0.25",
-        "trainer=debug"]
+TINY = [
+    "data.limit=64",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "backbone=convnet",
+    "backbone.width=0.25",
+    "trainer=debug",
+]
 
 
 def sslrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -49,8 +55,16 @@ def test_pretrain_writes_the_contracted_outputs(pretrain_run):
 def test_finetune_reports_top1_top5(pretrain_run, tmp_path, pretrained, mode):
     source = {"run": str(pretrain_run), "ckpt": str(pretrain_run / "checkpoints" / "last.ckpt"), "none": "none"}
     extra = [] if pretrained != "none" else ["backbone=convnet", "backbone.width=0.25"]
-    args = [f"pretrained={source[pretrained]}", f"mode={mode}", "data.limit=64", "data.batch_size=16",
-            "data.num_workers=0", "trainer=debug", f"hydra.run.dir={tmp_path / 'ft'}", *extra]
+    args = [
+        f"pretrained={source[pretrained]}",
+        f"mode={mode}",
+        "data.limit=64",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "trainer=debug",
+        f"hydra.run.dir={tmp_path / 'ft'}",
+        *extra,
+    ]
     proc = sslrun("finetune", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
@@ -100,7 +114,14 @@ def test_cfg_job_and_list_and_help(tmp_path):
 
 
 def test_multirun_sweeps_each_combination(tmp_path):
-    proc = sslrun("pretrain", "-m", "optim.lr=0.1,0.2", *TINY, "trainer.max_steps=1",
-                  f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    proc = sslrun(
+        "pretrain",
+        "-m",
+        "optim.lr=0.1,0.2",
+        *TINY,
+        "trainer.max_steps=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(list((tmp_path / "sweep").glob("*/metrics.json"))) == 2

@@ -19,7 +19,8 @@ CONFIGS = Path(sslrun.pretrain.__file__).parent / "configs"
 REGISTRIES = {"method": METHODS, "backbone": BACKBONES, "data": DATASETS, "optim": OPTIMIZERS}
 COMMANDS = {"pretrain": sslrun.pretrain, "finetune": sslrun.finetune}
 GROUP_ENTRIES = [
-    (group, path.stem) for group in ("method", "backbone", "data", "trainer", "logger", "optim")
+    (group, path.stem)
+    for group in ("method", "backbone", "data", "trainer", "logger", "optim")
     for path in sorted((CONFIGS / group).glob("*.yaml"))
 ]
 

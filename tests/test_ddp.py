@@ -14,8 +14,18 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 def run_worker(tmp_path: Path, method: str, devices: int, backend: str) -> dict:
     out = tmp_path / f"{method}-{backend}-{devices}.pt"
-    cmd = [sys.executable, str(WORKER), "--method", method, "--devices", str(devices), "--backend", backend,
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(WORKER),
+        "--method",
+        method,
+        "--devices",
+        str(devices),
+        "--backend",
+        backend,
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out, weights_only=True)

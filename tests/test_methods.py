@@ -6,9 +6,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from sslrun.config import validate
 from sslrun.methods import METHODS
 from sslrun.pretrain import schema
-from sslrun.config import validate
 
 
 def method_config(name: str) -> dict:

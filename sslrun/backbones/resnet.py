@@ -89,6 +89,12 @@ def _builder(block: type[BasicBlock] | type[Bottleneck], layers: list[int], doc:
     return build
 
 
-BACKBONES.register("resnet18")(_builder(BasicBlock, [2, 2, 2, 2], "ResNet-18 (torchvision blocks, width x, CIFAR stem)"))
-BACKBONES.register("resnet34")(_builder(BasicBlock, [3, 4, 6, 3], "ResNet-34 (torchvision blocks, width x, CIFAR stem)"))
-BACKBONES.register("resnet50")(_builder(Bottleneck, [3, 4, 6, 3], "ResNet-50 (torchvision blocks, width x, CIFAR stem)"))
+BACKBONES.register("resnet18")(
+    _builder(BasicBlock, [2, 2, 2, 2], "ResNet-18 (torchvision blocks, width x, CIFAR stem)")
+)
+BACKBONES.register("resnet34")(
+    _builder(BasicBlock, [3, 4, 6, 3], "ResNet-34 (torchvision blocks, width x, CIFAR stem)")
+)
+BACKBONES.register("resnet50")(
+    _builder(Bottleneck, [3, 4, 6, 3], "ResNet-50 (torchvision blocks, width x, CIFAR stem)")
+)

@@ -61,8 +61,14 @@ class SSLMethod(pl.LightningModule):
     def configure_optimizers(self):
         ssl_params = torch.nn.ModuleList(m for name, m in self.named_children() if name != "probe")
         groups = param_groups(ssl_params, self.cfg.optim)
-        groups.append({"params": list(self.probe.parameters()), "lr": self.cfg.eval.probe_lr,
-                       "weight_decay": 0.0, "lars_exclude": True})
+        groups.append(
+            {
+                "params": list(self.probe.parameters()),
+                "lr": self.cfg.eval.probe_lr,
+                "weight_decay": 0.0,
+                "lars_exclude": True,
+            }
+        )
         total = int(self.trainer.estimated_stepping_batches)
         global_batch = self.cfg.data.batch_size * self.trainer.world_size
         optimizer, schedule = build_optimizer(groups, self.cfg.optim, global_batch, self._steps_per_epoch(), total)
