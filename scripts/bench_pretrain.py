@@ -53,7 +53,8 @@ def plain_img_per_s(cfg: DictConfig, steps: int, precision: str, channels_last: 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     images, seconds, done, last = 0, 0.0, 0, None
     while done < steps:
-        for (v1, v2), _ in data.train_dataloader():
+        for batch in data.train_dataloader():
+            (v1, v2), _ = data.augment_batch(batch) if data.batched else batch
             v1, v2 = v1.contiguous(memory_format=memory_format), v2.contiguous(memory_format=memory_format)
             with autocast:
                 z1, z2 = net["projector"](net["backbone"](torch.cat([v1, v2]))).float().chunk(2)

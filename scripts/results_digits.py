@@ -1,8 +1,9 @@
 """The README's results table: ``sslrun pretrain`` with the defaults, then ``sslrun finetune mode=linear`` of that
 checkpoint and of a random init (``pretrained=none``) under the same protocol. Prints a Markdown table and one
-JSON line. Extra arguments are passed to both commands' configs (e.g. ``seed=1``).
+JSON line. Positional overrides go to ``pretrain`` only; ``--both`` overrides (backbone, data, seed) to all runs.
 
     python scripts/results_digits.py --out runs/results
+    python scripts/results_digits.py --out runs/r18 --both backbone=resnet18 backbone.width=0.25 -- trainer.max_epochs=200
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/results")
     parser.add_argument("--method", default="contrastive")
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--both", nargs="*", default=[], help="overrides for pretrain and both finetune runs")
+    parser.add_argument("overrides", nargs="*", help="overrides for pretrain only")
     args = parser.parse_args()
     out = Path(args.out)
     pre = sslrun("pretrain", f"method={args.method}", f"hydra.run.dir={out / 'pretrain'}", *args.overrides)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -28,18 +28,19 @@ class ViewsConfig:
     jitter_strength: float = 0.5
     grayscale_p: float = 0.2
     blur_p: float = 0.0
+    batched: bool = False
 
 
 @dataclass
 class DataConfig:
     name: str = MISSING
-    root: Optional[str] = None
+    root: str | None = None
     download: bool = True
     batch_size: int = 256
     num_workers: int = 2
     image_size: int = 32
     strict: bool = False
-    limit: Optional[int] = None
+    limit: int | None = None
     val_fraction: float = 0.2
     views: ViewsConfig = field(default_factory=ViewsConfig)
 
@@ -77,7 +78,7 @@ class TrainerConfig:
     max_steps: int = -1
     limit_train_batches: Any = 1.0
     log_every_n_steps: int = 10
-    gradient_clip_val: Optional[float] = None
+    gradient_clip_val: float | None = None
     sync_batchnorm: bool = False
     deterministic: bool = False
     enable_progress_bar: bool = True
@@ -95,8 +96,8 @@ class TensorBoardLoggerConfig:
 
 @dataclass
 class LoggerConfig:
-    csv: Optional[CSVLoggerConfig] = None
-    tensorboard: Optional[TensorBoardLoggerConfig] = None
+    csv: CSVLoggerConfig | None = None
+    tensorboard: TensorBoardLoggerConfig | None = None
 
 
 @dataclass

@@ -159,7 +159,7 @@ def test_pretrain_batches_hold_two_different_views(dataset):
     source = data.splits.pretrain or data.splits.train
     loader = data.train_dataloader()
     assert len(loader) == len(source) // cfg.batch_size  # drop_last
-    (view1, view2), labels = next(iter(loader))
+    (view1, view2), labels = data.on_after_batch_transfer(next(iter(loader)), 0)
     shape = (cfg.batch_size, data.channels, cfg.image_size, cfg.image_size)
     assert view1.shape == view2.shape == shape and view1.dtype == view2.dtype == torch.float32
     assert not torch.equal(view1, view2)
@@ -262,7 +262,7 @@ def test_bad_sizes_and_names_are_user_errors():
 
 
 def test_two_views_through_worker_processes():
-    data = SSLDataModule(data_cfg("digits", limit=16, num_workers=1), "pretrain")
+    data = SSLDataModule(data_cfg("digits", limit=16, num_workers=1, views={"batched": False}), "pretrain")
     loader = data.train_dataloader()
     assert loader.persistent_workers
     (view1, view2), _ = next(iter(loader))

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms.v2 import functional as TF
 
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS
+from sslrun.data.batched_views import BatchedSimCLRViews
 from sslrun.data.views import check_views, eval_transform, finetune_view, two_views
 from sslrun.errors import UserError
 
@@ -64,6 +66,13 @@ class Transformed(Dataset):
         return self.transform(image), label
 
 
+def square_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (C, H, W) -> (C, size, size): short side resized to ``size``, centre crop; already that size: as is."""
+    if image.shape[-2:] == (size, size):
+        return image
+    return TF.center_crop(TF.resize(image, size, antialias=True), size)
+
+
 def _first(dataset: Dataset, limit: int | None) -> Dataset:
     if limit is None or limit >= len(dataset):
         return dataset
@@ -82,6 +91,8 @@ class SSLDataModule(pl.LightningDataModule):
     """Builds the dataset named by ``cfg.name`` right away, so a missing or unreadable dataset fails before training.
 
     stage ``pretrain``: ``train_dataloader`` yields ((view1, view2), labels), two independent SimCLR views (B, C, S, S).
+    With ``views.batched`` it yields (uint8 images (B, C, S, S), labels) instead, and ``on_after_batch_transfer``
+    (called by Lightning on the training device) or ``augment_batch`` turns that into the same ((view1, view2), labels).
     stage ``finetune``: ``train_dataloader`` yields (images, labels) with light augmentation.
     ``eval_dataloaders`` yields (images, labels) of the train and val splits with the deterministic eval transform.
     """
@@ -92,6 +103,7 @@ class SSLDataModule(pl.LightningDataModule):
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.cfg = cfg
         self.stage = stage
+        self._generator: torch.Generator | None = None
         if cfg.batch_size < 1 or cfg.image_size < 1 or cfg.num_workers < 0:
             raise UserError(
                 f"data.batch_size={cfg.batch_size} and data.image_size={cfg.image_size} must be positive and "
@@ -123,8 +135,42 @@ class SSLDataModule(pl.LightningDataModule):
         pretrain = self.splits.pretrain
         return pretrain if self.stage == "pretrain" and pretrain is not None else self.splits.train
 
+    @property
+    def batched(self) -> bool:
+        """Pretraining views are made on the training device, a batch at a time (``data.views.batched``)."""
+        return self.stage == "pretrain" and self.cfg.views.batched
+
+    @cached_property
+    def _batched_views(self) -> BatchedSimCLRViews:
+        s = self.splits
+        return BatchedSimCLRViews(self.cfg.views, self.image_size, s.mean, s.std)
+
+    def augment_batch(
+        self, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator | None = None
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], Any]:
+        """(uint8 images (B, C, S, S), labels) -> ((view1, view2), labels), views float (B, C, S, S) normalised, made
+        on the images' device; for loops outside Lightning over a ``batched`` pretraining loader."""
+        images, labels = batch
+        return self._batched_views(images, generator), labels
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not self.batched:
+            return batch
+        return self.augment_batch(batch, self._rank_generator(batch[0].device))
+
+    def _rank_generator(self, device: torch.device) -> torch.Generator:
+        """Augmentation randomness per rank: ``seed_everything`` seeds every DDP rank alike, so the global RNG would
+        give all ranks the same crops and jitter for their (different) images."""
+        if self._generator is None or self._generator.device != device:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self._generator = torch.Generator(device).manual_seed(torch.initial_seed() + 7919 * rank)
+        return self._generator
+
     def train_dataloader(self) -> DataLoader:
         s = self.splits
+        if self.batched:
+            source = Transformed(self._train_source, partial(square_image, size=self.image_size))
+            return self._loader(source, shuffle=True, drop_last=True)
         if self.stage == "pretrain":
             transform = two_views(self.cfg.views, self.image_size, s.channels, s.mean, s.std)
         else:
