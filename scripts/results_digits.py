@@ -3,7 +3,7 @@ checkpoint and of a random init (``pretrained=none``) under the same protocol. P
 JSON line. Positional overrides go to ``pretrain`` only; ``--both`` overrides (backbone, data, seed) to all runs.
 
     python scripts/results_digits.py --out runs/results
-    python scripts/results_digits.py --out runs/r18 --both backbone=resnet18 backbone.width=0.25 -- trainer.max_epochs=200
+    python scripts/results_digits.py --out runs/r18 --both backbone=resnet18 backbone.width=0.25 -- seed=1
 """
 
 from __future__ import annotations
