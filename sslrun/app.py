@@ -78,12 +78,16 @@ def _check_combo(name: str, schema, combo: list[str], loader, groups: set[str]) 
         key = item.key_or_group
         if key in groups or item.is_add() or item.is_force_add():
             continue
-        if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+        if not _has_key(base, key):
             raise UserError(unknown_key_message(base, key))
     validate(_compose(name, combo), schema(base))
 
 
-_MISSING = object()
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` exists in ``cfg``, also when its value is still missing (``???``)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node.keys()
 
 
 def _choices(item) -> list[str]:

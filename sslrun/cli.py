@@ -11,6 +11,7 @@ from sslrun.registry import unknown_name_message
 HYDRA_COMMANDS = {
     "pretrain": "self-supervised pretraining of an image encoder",
     "finetune": "linear probe + kNN or full fine-tune of a pretrained or random-init encoder",
+    "export": "write a pretrained backbone as a plain state_dict (pretrained=<ckpt|run dir> out=<file>)",
 }
 PLAIN_COMMANDS = {"list": ("sslrun.listing", "methods, backbones, datasets, optimizers and loss backends")}
 
@@ -24,6 +25,7 @@ examples:
   sslrun pretrain -m method=contrastive data=digits optim.lr=0.3,0.6
   sslrun finetune pretrained=runs/pretrain/<run> mode=linear
   sslrun finetune pretrained=none mode=linear
+  sslrun export pretrained=runs/pretrain/<run> out=encoder.pt
   sslrun <command> --help    (config groups and options of that command)"""
 
 

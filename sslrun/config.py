@@ -145,6 +145,17 @@ class FinetuneConfig:
     seed: int = 0
 
 
+@dataclass
+class ExportConfig:
+    pretrained: str = MISSING
+    out: str = "encoder.pt"
+
+
+def backbone_config(values: dict) -> DictConfig:
+    """A typed backbone config from the plain dict stored in a checkpoint."""
+    return OmegaConf.merge(OmegaConf.structured(BackboneConfig), values)
+
+
 def validate(cfg: DictConfig, schema: Any) -> DictConfig:
     """Merge ``cfg`` onto the structured ``schema`` (struct mode on); raise UserError naming any bad key or value."""
     base = OmegaConf.structured(schema)
@@ -159,6 +170,9 @@ def validate(cfg: DictConfig, schema: Any) -> DictConfig:
         key = getattr(err, "full_key", None) or "?"
         raise UserError(f"bad value for {key!r}: {err.msg}") from None
     OmegaConf.set_struct(merged, True)
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise UserError(f"missing value for {', '.join(missing)}: pass it as key=value")
     if "trainer" in merged and str(merged.trainer.precision) not in PRECISIONS:
         raise UserError(f"trainer.precision={merged.trainer.precision!r} is not one of: {', '.join(PRECISIONS)}")
     return merged

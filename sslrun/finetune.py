@@ -7,7 +7,7 @@ import logging
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -16,7 +16,7 @@ from sslrun.backbones import BACKBONES
 from sslrun.callbacks.features import extract_features, knn_predict, topk_accuracy
 from sslrun.checkpoint import load_pretrained
 from sslrun.classifier import Classifier
-from sslrun.config import BackboneConfig, FinetuneConfig
+from sslrun.config import FinetuneConfig, backbone_config
 from sslrun.data import SSLDataModule
 from sslrun.errors import UserError
 from sslrun.outputs import run_dir, write_metrics
@@ -41,7 +41,7 @@ def build_backbone(cfg: DictConfig, data: SSLDataModule) -> tuple[nn.Module, Dic
             f"{ckpt.path} was pretrained on {ckpt.in_channels}-channel images but data={cfg.data.name} has "
             f"{data.channels}; evaluate on a dataset with {ckpt.in_channels} channels"
         )
-    backbone_cfg = OmegaConf.merge(OmegaConf.structured(BackboneConfig), ckpt.config["backbone"])
+    backbone_cfg = backbone_config(ckpt.config["backbone"])
     backbone = BACKBONES.build(backbone_cfg.name, backbone_cfg, ckpt.in_channels, ckpt.image_size)
     backbone.load_state_dict(ckpt.backbone_state)
     log.info("loaded backbone %s from %s", backbone_cfg.name, ckpt.path)

@@ -100,6 +100,17 @@ def test_truncated_checkpoint_is_a_user_error(pretrain_run, tmp_path):
     assert_user_error(sslrun("finetune", f"pretrained={broken}", cwd=tmp_path), "cannot read checkpoint")
 
 
+def test_export_writes_a_plain_backbone_state_dict(pretrain_run, tmp_path):
+    out = tmp_path / "encoder.pt"
+    proc = sslrun("export", f"pretrained={pretrain_run}", f"out={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exported = torch.load(out, weights_only=True)
+    stored = torch.load(pretrain_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert exported.keys() == {k[len("backbone.") :] for k in stored if k.startswith("backbone.")}
+    assert all(torch.equal(v, stored["backbone." + k]) for k, v in exported.items())
+    assert_user_error(sslrun("export", f"out={out}", cwd=tmp_path), "missing value for pretrained")
+
+
 def test_cfg_job_and_list_and_help(tmp_path):
     proc = sslrun("pretrain", "--cfg", "job", "optim.lr=0.7", cwd=tmp_path)
     assert proc.returncode == 0 and "lr: 0.7" in proc.stdout
