@@ -32,11 +32,11 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="overrides for pretrain only")
     args = parser.parse_args()
     out = Path(args.out)
-    pre = sslrun("pretrain", f"method={args.method}", f"hydra.run.dir={out / 'pretrain'}", *args.overrides)
+    pre = sslrun("pretrain", f"method={args.method}", f"hydra.run.dir={out / 'pretrain'}", *args.both, *args.overrides)
     ssl = sslrun(
-        "finetune", f"pretrained={out / 'pretrain'}", "mode=linear", f"hydra.run.dir={out / 'linear'}", *args.overrides
+        "finetune", f"pretrained={out / 'pretrain'}", "mode=linear", f"hydra.run.dir={out / 'linear'}", *args.both
     )
-    rand = sslrun("finetune", "pretrained=none", "mode=linear", f"hydra.run.dir={out / 'random'}", *args.overrides)
+    rand = sslrun("finetune", "pretrained=none", "mode=linear", f"hydra.run.dir={out / 'random'}", *args.both)
     rows = [
         ("random init", "-", "-", rand["knn_top1"], rand["top1"], rand["top5"]),
         (
