@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -10,6 +12,19 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressB
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from sslrun.errors import UserError
+
+
+class _QuietLightning(logging.Filter):
+    """Drops Lightning's advertisement line from the run log and the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("\N{ELECTRIC LIGHT BULB} Tip")
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_QuietLightning())
+# Noise about Lightning's own internals, or about epochs shorter than the logging interval on small datasets.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
 
 
 def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
