@@ -47,6 +47,7 @@ def test_pretrain_writes_the_contracted_outputs(pretrain_run):
     for key in ("knn_top1", "linear_top1", "linear_top5", "img_per_s", "train_loss"):
         assert key in metrics, metrics
     assert 0.0 <= metrics["knn_top1"] <= 1.0 and metrics["img_per_s"] > 0 and metrics["steps"] == 4
+    assert "contrastive loss backend: chunked (requested auto)" in (pretrain_run / "pretrain.log").read_text()
     assert (pretrain_run / "csv" / "metrics.csv").is_file()
     assert list((pretrain_run / "tensorboard").glob("events.out.tfevents.*"))
 

@@ -184,3 +184,8 @@ def test_tolerance_catches_a_wrong_gradient():
     ref_z = [z1.double().requires_grad_(), z2.double().requires_grad_()]
     ref_grad = torch.autograd.grad(ref_nt_xent(*ref_z, 0.1), ref_z)[0]
     assert not torch.all((0.01 * ref_grad).abs() <= grad_tol(0.1, 130, z1, 1.0))
+
+
+@pytest.mark.skipif(triton_import_error() is not None, reason="triton is not installed")
+def test_auto_picks_triton_for_cuda_tensors():
+    assert resolve_backend("auto", torch.device("cuda")) == "triton"
