@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from sslrun import console
+from sslrun import console, launch
 from sslrun.config import unknown_key_message, validate
 from sslrun.errors import UserError
 from sslrun.registry import unknown_name_message
@@ -41,7 +41,7 @@ def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
         except UserError as err:
             console.fail(str(err))
 
-    sys.argv = [f"sslrun {name}", *argv]
+    sys.argv = [str(launch.script(name)), *argv]
     hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=name, version_base="1.3")(task)()
 
 

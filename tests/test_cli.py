@@ -125,6 +125,15 @@ def test_cfg_job_and_list_and_help(tmp_path):
     assert sub.returncode == 0 and "method: contrastive" in sub.stdout
 
 
+@pytest.mark.slow
+def test_pretrain_runs_ddp_on_two_cpu_processes(tmp_path):
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false"]
+    proc = sslrun("pretrain", *TINY[:5], *ddp, "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and "knn_top1" in metrics
+
+
 def test_multirun_sweeps_each_combination(tmp_path):
     proc = sslrun(
         "pretrain",

@@ -23,7 +23,7 @@ class KNNMonitor(pl.Callback):
             return
         metrics = self.evaluate(trainer, pl_module)
         for name, value in metrics.items():
-            pl_module.log(name, value, prog_bar=name == "knn_top1")
+            pl_module.log(name, value, prog_bar=name == "knn_top1", sync_dist=True)
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         train_loader, val_loader = trainer.datamodule.eval_dataloaders()

@@ -48,8 +48,8 @@ class SSLMethod(pl.LightningModule):
         loss, feats = self.ssl_step(view1, view2)
         probe_loss, probe_acc = self.probe.loss(feats, labels)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train_loss", loss, on_step=False, on_epoch=True)
-        self.log("probe_train_acc", probe_acc, on_step=False, on_epoch=True)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("probe_train_acc", probe_acc, on_step=False, on_epoch=True, sync_dist=True)
         return loss + probe_loss
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
