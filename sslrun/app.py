@@ -3,6 +3,7 @@ is composed and validated, so a typo or an unknown name ends in one clear line a
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -36,7 +37,8 @@ def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
     def task(cfg: DictConfig) -> None:
         try:
             validated = validate(cfg, command.schema(cfg))
-            console.print_config(validated, f"sslrun {name}")
+            if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP ranks > 0 are relaunched with LOCAL_RANK set
+                console.print_config(validated, f"sslrun {name}")
             command.run(validated)
         except UserError as err:
             console.fail(str(err))
