@@ -7,7 +7,7 @@ import logging
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -64,7 +64,10 @@ def run(cfg: DictConfig) -> dict[str, float | str]:
             backbone, backbone.feature_dim, data.num_classes, cfg.optim, cfg.data.batch_size, cfg.trainer.channels_last
         )
         train_loader, val_loader = data.train_dataloader(), data.eval_dataloaders()[1]
-    trainer = build_trainer(cfg.trainer, cfg.logger, out, [], validate=True)
+    # The linear head on precomputed features costs nothing; it trains in fp32 whatever the preset says.
+    linear = {"precision": "32", "channels_last": False}
+    trainer_cfg = OmegaConf.merge(cfg.trainer, linear) if cfg.mode == "linear" else cfg.trainer
+    trainer = build_trainer(trainer_cfg, cfg.logger, out, [], validate=True)
     trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
     metrics.update(top1=float(trainer.callback_metrics["top1"]), top5=float(trainer.callback_metrics["top5"]))
     metrics["backbone"] = f"{backbone_cfg.name} width={backbone_cfg.width} stem={backbone_cfg.stem}"
