@@ -28,7 +28,7 @@ CONFIG_MODULE = "sslrun.configs"
 def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
     """``command`` provides ``schema(cfg) -> dataclass instance`` and ``run(cfg) -> dict``."""
     args = get_args_parser().parse_args(argv)
-    if not (args.help or args.hydra_help or args.info or args.shell_completion or args.cfg):
+    if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:
             precheck(name, command.schema, args.overrides)
         except UserError as err:
