@@ -115,6 +115,7 @@ def test_export_writes_a_plain_backbone_state_dict(pretrain_run, tmp_path):
 def test_cfg_job_and_list_and_help(tmp_path):
     proc = sslrun("pretrain", "--cfg", "job", "optim.lr=0.7", cwd=tmp_path)
     assert proc.returncode == 0 and "lr: 0.7" in proc.stdout
+    assert_user_error(sslrun("pretrain", "--cfg", "job", "optim.lrr=0.7", cwd=tmp_path), "unknown key 'optim.lrr'")
     listing = sslrun("list", cwd=tmp_path)
     assert listing.returncode == 0
     for name in ("contrastive", "resnet18", "digits", "imagefolder", "lars", "chunked"):
