@@ -36,11 +36,15 @@ def build_backbone(cfg: DictConfig, data: SSLDataModule) -> tuple[nn.Module, Dic
         backbone_cfg = cfg.backbone
         return BACKBONES.build(backbone_cfg.name, backbone_cfg, data.channels, data.image_size), backbone_cfg
     ckpt = load_pretrained(str(cfg.pretrained))
+    pretrained_on = ckpt.config["data"]["name"]
     if ckpt.in_channels != data.channels:
         raise UserError(
-            f"{ckpt.path} was pretrained on {ckpt.in_channels}-channel images but data={cfg.data.name} has "
-            f"{data.channels}; evaluate on a dataset with {ckpt.in_channels} channels"
+            f"{ckpt.path} was pretrained on data={pretrained_on} ({ckpt.in_channels}-channel images) but "
+            f"data={cfg.data.name} has {data.channels}; pass data={pretrained_on} or another dataset with "
+            f"{ckpt.in_channels} channels"
         )
+    if pretrained_on != cfg.data.name:
+        log.warning("evaluating a backbone pretrained on data=%s on data=%s (transfer)", pretrained_on, cfg.data.name)
     backbone_cfg = backbone_config(ckpt.config["backbone"])
     backbone = BACKBONES.build(backbone_cfg.name, backbone_cfg, ckpt.in_channels, ckpt.image_size)
     backbone.load_state_dict(ckpt.backbone_state)

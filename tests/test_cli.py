@@ -94,6 +94,20 @@ def test_user_errors_exit_2_with_one_clear_line(tmp_path):
     )
 
 
+def test_finetune_on_data_with_other_channels_names_the_pretraining_data(pretrain_run, tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (40 * i, 100, 200)).save(folder / f"{i}.png")
+    args = [f"pretrained={pretrain_run}", "data=imagefolder", f"data.root={tmp_path / 'images'}", "data.batch_size=2"]
+    proc = sslrun("finetune", *args, "data.num_workers=0", "trainer=debug", cwd=tmp_path)
+    assert_user_error(proc, "pretrained on data=digits (1-channel images)", "pass data=digits")
+
+
 def test_truncated_checkpoint_is_a_user_error(pretrain_run, tmp_path):
     data = (pretrain_run / "checkpoints" / "last.ckpt").read_bytes()
     broken = tmp_path / "broken.ckpt"
