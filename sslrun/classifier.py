@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from sslrun.optim import build_optimizer, param_groups
+from sslrun.optim import lightning_optimizers, param_groups
 
 
 class Classifier(pl.LightningModule):
@@ -63,10 +63,4 @@ class Classifier(pl.LightningModule):
         self.log("top5", self.top5, on_epoch=True)
 
     def configure_optimizers(self):
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = max(1, self.trainer.max_epochs or 1)
-        global_batch = self.batch_size * self.trainer.world_size
-        optimizer, schedule = build_optimizer(
-            param_groups(self, self.optim), self.optim, global_batch, max(1, total // epochs), total
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return lightning_optimizers(self.trainer, param_groups(self, self.optim), self.optim, self.batch_size)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from sslrun.backbones import BACKBONES
 from sslrun.callbacks.online_probe import OnlineLinearProbe
 from sslrun.config import MethodConfig
-from sslrun.optim import build_optimizer, param_groups
+from sslrun.optim import lightning_optimizers, param_groups
 
 
 class SSLMethod(pl.LightningModule):
@@ -69,12 +69,4 @@ class SSLMethod(pl.LightningModule):
                 "lars_exclude": True,
             }
         )
-        total = int(self.trainer.estimated_stepping_batches)
-        global_batch = self.cfg.data.batch_size * self.trainer.world_size
-        optimizer, schedule = build_optimizer(groups, self.cfg.optim, global_batch, self._steps_per_epoch(), total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def _steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch (known once ``estimated_stepping_batches`` has set up the loader)."""
-        batches = self.trainer.num_training_batches
-        return 1 if batches == float("inf") else max(1, int(batches) // self.trainer.accumulate_grad_batches)
+        return lightning_optimizers(self.trainer, groups, self.cfg.optim, self.cfg.data.batch_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,3 +71,13 @@ def build_optimizer(
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), max(0, total_steps - 1))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total_steps, cfg.min_lr_ratio))
     return optimizer, schedule
+
+
+def lightning_optimizers(trainer: Any, groups: Iterable[dict], cfg: OptimConfig, batch_size: int) -> dict:
+    """``configure_optimizers`` output for a Lightning ``trainer``: the optimizer and a per-step warmup-cosine
+    schedule over the whole run, with warmup counted in epochs and the lr scaled by the global batch."""
+    total = int(trainer.estimated_stepping_batches)  # also sets up the train loader, so the batch count is known
+    batches = trainer.num_training_batches
+    per_epoch = 1 if batches == float("inf") else max(1, int(batches) // trainer.accumulate_grad_batches)
+    optimizer, schedule = build_optimizer(groups, cfg, batch_size * trainer.world_size, per_epoch, total)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
