@@ -3,7 +3,6 @@ is composed and validated, so a typo or an unknown name ends in one clear line a
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -26,7 +25,8 @@ CONFIG_MODULE = "sslrun.configs"
 
 
 def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
-    """``command`` provides ``schema(cfg) -> dataclass instance`` and ``run(cfg) -> dict``."""
+    """``command`` provides ``schema(cfg) -> dataclass instance`` and ``run(cfg) -> dict``; ``run`` shows the config
+    with ``outputs.record_config`` once its ``auto`` values are resolved."""
     args = get_args_parser().parse_args(argv)
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:
@@ -36,10 +36,7 @@ def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
 
     def task(cfg: DictConfig) -> None:
         try:
-            validated = validate(cfg, command.schema(cfg))
-            if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP ranks > 0 are relaunched with LOCAL_RANK set
-                console.print_config(validated, f"sslrun {name}")
-            command.run(validated)
+            command.run(validate(cfg, command.schema(cfg)))
         except UserError as err:
             console.fail(str(err))
 

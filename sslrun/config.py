@@ -20,15 +20,18 @@ PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
 
 @dataclass
 class ViewsConfig:
-    """Two-view augmentation recipe (SimCLR); sizes follow ``data.image_size``."""
+    """Two-view augmentation recipe (SimCLR); sizes follow ``data.image_size``. ``recipe`` (auto: ``small`` below
+    96 px, ``imagenet`` from 96 px) fills every value left null; a value set here overrides the recipe's.
+    ``batched`` (auto: when the dataset is held in memory) makes the views a batch at a time on the device."""
 
-    crop_min_scale: float = 0.2
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    jitter_strength: float = 0.5
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-    batched: bool = False
+    recipe: str = "auto"
+    crop_min_scale: float | None = None
+    flip_p: float | None = None
+    jitter_p: float | None = None
+    jitter_strength: float | None = None
+    grayscale_p: float | None = None
+    blur_p: float | None = None
+    batched: Any = "auto"
 
 
 @dataclass
@@ -37,8 +40,10 @@ class DataConfig:
     root: str | None = None
     download: bool = True
     batch_size: int = 256
-    num_workers: int = 2
-    image_size: int = 32
+    num_workers: Any = "auto"
+    image_size: Any = "auto"
+    cache: str = "auto"
+    cache_max_mb: int = 4096
     strict: bool = False
     limit: int | None = None
     val_fraction: float = 0.2
@@ -62,7 +67,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     trust_coefficient: float = 0.001
     exclude_bias_and_norm: bool = True
-    warmup_epochs: float = 10.0
+    warmup_epochs: Any = "auto"
     min_lr_ratio: float = 0.0
 
 

@@ -16,6 +16,7 @@ from sslrun.backbones import BACKBONES
 from sslrun.checkpoint import load_pretrained
 from sslrun.config import ExportConfig, backbone_config
 from sslrun.errors import UserError
+from sslrun.outputs import record_config
 
 
 def schema(cfg: DictConfig) -> ExportConfig:
@@ -23,6 +24,7 @@ def schema(cfg: DictConfig) -> ExportConfig:
 
 
 def run(cfg: DictConfig) -> dict[str, str | int]:
+    record_config(cfg, "export")
     ckpt = load_pretrained(cfg.pretrained)
     backbone_cfg = backbone_config(ckpt.config["backbone"])
     backbone = BACKBONES.build(backbone_cfg.name, backbone_cfg, ckpt.in_channels, ckpt.image_size)

@@ -19,7 +19,7 @@ from sslrun.classifier import Classifier
 from sslrun.config import FinetuneConfig, backbone_config
 from sslrun.data import SSLDataModule
 from sslrun.errors import UserError
-from sslrun.outputs import run_dir, write_metrics
+from sslrun.outputs import record_config, run_dir, write_metrics
 from sslrun.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,13 @@ def run(cfg: DictConfig) -> dict[str, float | str]:
         raise UserError(f"mode={cfg.mode!r} is not one of: {', '.join(MODES)}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = SSLDataModule(cfg.data, stage="finetune")
+    if data.num_classes == 0:
+        raise UserError(
+            f"sslrun finetune needs labels, and data.root={cfg.data.root} has none: give it class folders "
+            "(ROOT/<class>/* or ROOT/train/<class>/* + ROOT/val/<class>/*)"
+        )
+    cfg.data = data.cfg
+    record_config(cfg, "finetune")
     backbone, backbone_cfg = build_backbone(cfg, data)
     out = run_dir()
     metrics: dict[str, float | str] = {"mode": cfg.mode, "pretrained": str(cfg.pretrained)}

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from sslrun import console
 
 
 def run_dir() -> Path:
@@ -14,6 +18,15 @@ def run_dir() -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path.cwd()
+
+
+def record_config(cfg: DictConfig, command: str) -> None:
+    """Print the resolved config tree and store it as ``config.yaml`` in the run dir (``.hydra/config.yaml`` keeps
+    the composed one, ``auto`` values unresolved); once, on the first process of a DDP run."""
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        return  # DDP ranks > 0 are relaunched with LOCAL_RANK set
+    console.print_config(cfg, f"sslrun {command}")
+    (run_dir() / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
 
 
 def write_metrics(out_dir: Path, metrics: Mapping[str, float | int | str]) -> Path:

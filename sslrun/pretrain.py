@@ -13,7 +13,7 @@ from sslrun.callbacks.throughput import Throughput
 from sslrun.config import PretrainConfig
 from sslrun.data import SSLDataModule
 from sslrun.methods import METHODS
-from sslrun.outputs import run_dir, write_metrics
+from sslrun.outputs import record_config, run_dir, write_metrics
 from sslrun.trainer import build_trainer
 
 
@@ -24,6 +24,8 @@ def schema(cfg: DictConfig) -> PretrainConfig:
 def run(cfg: DictConfig) -> dict[str, float | int]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = SSLDataModule(cfg.data, stage="pretrain")
+    cfg.data = data.cfg
+    record_config(cfg, "pretrain")
     method_cls = METHODS.get(cfg.method.name)
     model = method_cls(OmegaConf.to_container(cfg, resolve=True), data.channels, data.image_size, data.num_classes)
     out = run_dir()
@@ -35,6 +37,7 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _REPORTED}
     metrics.update(
         img_per_s=throughput.img_per_s,
+        data_wait_share=throughput.data_share,
         epochs=trainer.current_epoch,
         steps=trainer.global_step,
         seconds=time.perf_counter() - start,
@@ -45,4 +48,4 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     return metrics
 
 
-_REPORTED = ("knn_top1", "knn_top1_best", "linear_top1", "linear_top5", "train_loss")
+_REPORTED = ("knn_top1", "knn_top1_best", "linear_top1", "linear_top5", "rankme", "train_loss")

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
+from sslrun.callbacks.progress import RunProgressBar
 from sslrun.errors import UserError
 
 
@@ -52,7 +53,7 @@ def build_trainer(
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", enable_version_counter=False)
     extra: list[Callback] = [checkpoint]
     if cfg.enable_progress_bar:
-        extra.append(RichProgressBar(leave=True))
+        extra.append(RunProgressBar(leave=True))
     return pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,

@@ -161,3 +161,40 @@ def test_multirun_sweeps_each_combination(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(list((tmp_path / "sweep").glob("*/metrics.json"))) == 2
+
+
+def write_images(folder: Path, count: int, gray: bool) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("L" if gray else "RGB", (28, 28), 9 * i if gray else (9 * i, 50, 100)).save(folder / f"{i}.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["classes", "flat"])
+def test_pretrain_on_a_folder_without_a_train_val_split(tmp_path, layout):
+    """ROOT/<class>/* gets a stratified val split and the label monitors; a flat folder of unlabelled images
+    pretrains with rankme instead, and finetune refuses it in one line."""
+    root = tmp_path / "images"
+    if layout == "classes":
+        for label in ("a", "b"):
+            write_images(root / label, 20, gray=True)
+    else:
+        write_images(root, 40, gray=True)
+    run = tmp_path / "run"
+    args = ["data=imagefolder", f"data.root={root}", "data.batch_size=8", *TINY[3:], f"hydra.run.dir={run}"]
+    proc = sslrun("pretrain", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["rankme"] >= 1.0
+    resolved = (run / "config.yaml").read_text()
+    assert "image_size: 32" in resolved and "recipe: small" in resolved and "batched: true" in resolved
+    log = (run / "pretrain.log").read_text()
+    assert "32 train + 8 val images" in log and "1 channel(s)" in log
+    if layout == "classes":
+        assert "knn_top1" in metrics and "2 classes" in log
+    else:
+        assert "knn_top1" not in metrics and "kNN and the online probe are skipped" in log
+        tune = sslrun("finetune", f"pretrained={run}", "data=imagefolder", f"data.root={root}", *TINY[3:], cwd=tmp_path)
+        assert_user_error(tune, "sslrun finetune needs labels", str(root))

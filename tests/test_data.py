@@ -17,6 +17,7 @@ from torchvision import datasets
 
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS, SSLDataModule
+from sslrun.data.base import square_image
 from sslrun.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "sslrun" / "configs" / "data"
@@ -139,7 +140,8 @@ def labels_of(split) -> list[int]:
 
 def test_splits_have_consistent_images_and_labels(dataset):
     name, cfg, first = dataset
-    splits = SSLDataModule(cfg, "pretrain").splits
+    data = SSLDataModule(cfg, "pretrain")
+    splits = data.splits
     assert splits.channels in (1, 3) and len(splits.mean) == len(splits.std) == splits.channels
     assert all(0 < s < 1 for s in splits.std) and all(0 <= m <= 1 for m in splits.mean)
     for split, lowest in ((splits.train, 0), (splits.val, 0), (splits.pretrain or splits.train, -1)):
@@ -150,7 +152,9 @@ def test_splits_have_consistent_images_and_labels(dataset):
             assert isinstance(label, int) and lowest <= label < splits.num_classes
     if first is not None:
         image, label = splits.train[0]
-        assert torch.equal(image, first[0]) and label == first[1]
+        # imagefolder decodes a tree that fits in data.cache_max_mb once, at data.image_size
+        expected = square_image(first[0], data.image_size) if name == "imagefolder" else first[0]
+        assert torch.equal(image, expected) and label == first[1]
 
 
 def test_pretrain_batches_hold_two_different_views(dataset):
@@ -160,18 +164,18 @@ def test_pretrain_batches_hold_two_different_views(dataset):
     loader = data.train_dataloader()
     assert len(loader) == len(source) // cfg.batch_size  # drop_last
     (view1, view2), labels = data.on_after_batch_transfer(next(iter(loader)), 0)
-    shape = (cfg.batch_size, data.channels, cfg.image_size, cfg.image_size)
+    shape = (cfg.batch_size, data.channels, data.image_size, data.image_size)
     assert view1.shape == view2.shape == shape and view1.dtype == view2.dtype == torch.float32
     assert not torch.equal(view1, view2)
     assert labels.shape == (cfg.batch_size,) and labels.min() >= -1 and labels.max() < data.num_classes
-    assert data.image_size == cfg.image_size
+    assert data.image_size in (cfg.image_size, data.splits.image_size)
 
 
 def test_finetune_batches_are_single_augmented_images(dataset):
     name, cfg, _ = dataset
     data = SSLDataModule(cfg, "finetune")
     images, labels = next(iter(data.train_dataloader()))
-    assert images.shape == (cfg.batch_size, data.channels, cfg.image_size, cfg.image_size)
+    assert images.shape == (cfg.batch_size, data.channels, data.image_size, data.image_size)
     assert images.dtype == torch.float32 and labels.min() >= 0
 
 
@@ -183,7 +187,7 @@ def test_eval_loaders_are_deterministic_and_complete(dataset):
         second = list(loader)
         assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(first, second, strict=True))
         images = torch.cat([x for x, _ in first])
-        assert images.shape == (len(split), data.channels, cfg.image_size, cfg.image_size)
+        assert images.shape == (len(split), data.channels, data.image_size, data.image_size)
         assert torch.cat([y for _, y in first]).tolist() == labels_of(split)
 
 

@@ -24,6 +24,7 @@ from sslrun.data.batched_views import (
     sample_crop_boxes,
     sample_view_params,
 )
+from sslrun.data.recipes import recipe_views
 from sslrun.data.views import simclr_view
 from sslrun.methods import METHODS
 from sslrun.pretrain import schema
@@ -32,7 +33,7 @@ from sslrun.pretrain import schema
 # vs branchy HSV->RGB) on values in [0, 1].
 ATOL = 2e-5
 CONFIGS = Path(__file__).resolve().parents[1] / "sslrun" / "configs" / "data"
-ALL_ON = ViewsConfig(crop_min_scale=0.08, flip_p=0.5, jitter_p=1.0, jitter_strength=1.0, grayscale_p=0.3, blur_p=0.5)
+ALL_ON = recipe_views(crop_min_scale=0.08, flip_p=0.5, jitter_p=1.0, jitter_strength=1.0, grayscale_p=0.3, blur_p=0.5)
 N = 4000
 
 
@@ -133,7 +134,7 @@ def reference_steps(cfg: ViewsConfig, size: int) -> dict[type, v2.Transform]:
 
 
 def test_parameter_ranges_match_the_reference_recipe():
-    cfg = ViewsConfig(crop_min_scale=0.3, jitter_strength=0.7, blur_p=0.5)
+    cfg = recipe_views(crop_min_scale=0.3, jitter_strength=0.7, blur_p=0.5)
     steps = reference_steps(cfg, 96)
     crop, jitter, blur = steps[v2.RandomResizedCrop], steps[v2.ColorJitter], steps[v2.GaussianBlur]
     assert crop.scale == (cfg.crop_min_scale, 1.0)
@@ -185,14 +186,14 @@ def test_switches_fire_at_their_rates_and_jitter_orders_are_uniform():
     first = torch.bincount(params.order[:, 0], minlength=4)
     assert ((first - N / 4).abs() < 4 * (N * 3 / 16) ** 0.5).all(), first
     assert (params.order.sort(dim=1).values == torch.arange(4)).all()
-    off = sample_view_params(ViewsConfig(jitter_p=1.0, grayscale_p=1.0), N, 1, 32, 32)
+    off = sample_view_params(recipe_views(jitter_p=1.0, grayscale_p=1.0), N, 1, 32, 32)
     assert not off.gray.any() and not off.blur.any() and off.jitter.all()
 
 
 def digits_module(batched: bool) -> SSLDataModule:
     views = OmegaConf.to_object(OmegaConf.load(CONFIGS / "digits.yaml").views)
     cfg = DataConfig(
-        name="digits", batch_size=16, num_workers=0, limit=48, views=replace(ViewsConfig(**views), batched=batched)
+        name="digits", batch_size=16, num_workers=0, limit=48, views=replace(recipe_views(**views), batched=batched)
     )
     return SSLDataModule(cfg, stage="pretrain")
 

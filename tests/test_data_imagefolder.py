@@ -1,5 +1,7 @@
-"""``imagefolder``: mixed PIL modes become 3-channel uint8, unreadable files are skipped (or fail with strict),
-and every layout mistake is a UserError that says what is missing."""
+"""``imagefolder``: mixed PIL modes become 3-channel uint8 and grayscale trees 1-channel, unreadable files are skipped
+with a count (or fail with strict), trees are decoded once into RAM when they fit, ``auto`` sizes and view recipes
+resolve from the images, three layouts (train/val, class folders, unlabelled), and every layout mistake is a
+UserError that says what is missing."""
 
 import logging
 from pathlib import Path
@@ -12,6 +14,9 @@ from PIL import Image
 
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS, SSLDataModule
+from sslrun.data import imagefolder as imagefolder_module
+from sslrun.data.base import TensorImages, square_image
+from sslrun.data.imagefolder import auto_size
 from sslrun.errors import UserError
 
 
@@ -42,10 +47,11 @@ def mixed_tree(root: Path) -> None:
 def test_mixed_modes_load_as_rgb_and_unreadable_files_are_skipped(tmp_path, caplog):
     mixed_tree(tmp_path)
     with caplog.at_level(logging.WARNING):
-        splits = DATASETS.get("imagefolder")(cfg(tmp_path))
+        splits = DATASETS.get("imagefolder")(cfg(tmp_path, cache="none"))
     assert splits.channels == 3 and splits.num_classes == 2 and len(splits.train) == 6 and len(splits.val) == 2
+    assert not splits.in_memory
     warning = " ".join(r.getMessage() for r in caplog.records)
-    assert "skipped 2 unreadable images of 8 under" in warning and "0_corrupt.png" in warning
+    assert "skipped 2 unreadable images of 10 under" in warning and "0_corrupt.png" in warning
     pixels = {Path(path).stem: splits.train[i][0] for i, (path, _) in enumerate(splits.train.samples)}
     for image in pixels.values():
         assert image.dtype == torch.uint8 and image.shape[0] == 3
@@ -57,17 +63,101 @@ def test_mixed_modes_load_as_rgb_and_unreadable_files_are_skipped(tmp_path, capl
     assert pixels["5_sixteen"].shape == (3, 12, 10)
 
 
-def test_mixed_tree_trains_through_the_datamodule(tmp_path):
+def test_cached_tree_holds_the_same_pixels_decoded_once(tmp_path, caplog, monkeypatch):
     mixed_tree(tmp_path)
-    (view1, view2), labels = next(iter(SSLDataModule(cfg(tmp_path), "pretrain").train_dataloader()))
+    decoded = []
+    original = imagefolder_module.load_image
+    monkeypatch.setattr(imagefolder_module, "load_image", lambda *a: decoded.append(a[0]) or original(*a))
+    with caplog.at_level(logging.WARNING):
+        splits = DATASETS.get("imagefolder")(cfg(tmp_path, cache="auto"))
+    assert splits.in_memory and isinstance(splits.train, TensorImages) and splits.train.images.shape == (6, 3, 16, 16)
+    assert sorted(decoded) == sorted(set(decoded)) and len(decoded) == 8  # each readable file decoded exactly once
+    assert "skipped 2 unreadable images of 10 under" in " ".join(r.getMessage() for r in caplog.records)
+    streamed = DATASETS.get("imagefolder")(cfg(tmp_path, cache="none"))
+    for i in range(len(streamed.train)):
+        assert torch.equal(splits.train[i][0], square_image(streamed.train[i][0], 16))
+        assert splits.train[i][1] == streamed.train[i][1]
+
+
+@pytest.mark.parametrize("cache", ["auto", "none"])
+def test_mixed_tree_trains_through_the_datamodule(tmp_path, cache):
+    mixed_tree(tmp_path)
+    data = SSLDataModule(cfg(tmp_path, cache=cache), "pretrain")
+    (view1, view2), labels = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+    assert data.batched is (cache == "auto")
     assert view1.shape == (2, 3, 16, 16) and not torch.equal(view1, view2)
 
 
-def test_strict_fails_on_the_first_unreadable_file(tmp_path):
+def test_cache_auto_streams_a_tree_larger_than_the_cap(tmp_path):
     mixed_tree(tmp_path)
-    with pytest.raises(UserError) as err:
-        DATASETS.get("imagefolder")(cfg(tmp_path, strict=True))
-    assert str(tmp_path / "train" / "a" / "0_corrupt.png") in str(err.value) and "data.strict=false" in str(err.value)
+    assert not DATASETS.get("imagefolder")(cfg(tmp_path, cache_max_mb=0)).in_memory
+    assert DATASETS.get("imagefolder")(cfg(tmp_path, cache="ram", cache_max_mb=0)).in_memory
+
+
+def gray_tree(root: Path, sizes=(28, 28, 30, 60)) -> None:
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for i, size in enumerate(sizes):
+                if i % 2:
+                    pixels = np.full((size, size + 3), 257 * (10 + i), dtype=np.uint16)
+                    Image.fromarray(pixels).save(root / split / label / f"{i}.png")
+                else:
+                    Image.new("L", (size + 3, size), 10 + i).save(root / split / label / f"{i}.png")
+
+
+@pytest.mark.parametrize("cache", ["auto", "none"])
+def test_grayscale_tree_stays_one_channel_and_resolves_its_size(tmp_path, cache):
+    gray_tree(tmp_path)
+    data = SSLDataModule(cfg(tmp_path, cache=cache, image_size="auto"), "pretrain")
+    assert data.channels == 1 and data.image_size == 32  # median short side 29 -> 32 (the lower bound)
+    assert data.cfg.image_size == 32 and data.cfg.views.recipe == "small" and data.cfg.views.blur_p == 0.0
+    assert data.cfg.views.batched is (cache == "auto")
+    image, _ = data.splits.train[1]
+    assert image.shape[0] == 1 and int(image.flatten()[0]) == 11  # 16-bit 257 * 11 -> 11
+
+
+def test_auto_size_is_the_median_short_side_within_bounds():
+    assert auto_size([28, 28, 30, 60]) == 32
+    assert auto_size([100, 90, 97]) == 96
+    assert auto_size([500, 800, 1000]) == 224
+
+
+def test_views_follow_the_resolution_and_keys_override_the_recipe(tmp_path):
+    gray_tree(tmp_path, sizes=(120, 128, 130))
+    data = SSLDataModule(cfg(tmp_path, image_size="auto", views={"crop_min_scale": 0.5}), "pretrain")
+    assert data.image_size == 128 and data.cfg.views.recipe == "imagenet"
+    assert data.cfg.views.blur_p == 0.5 and data.cfg.views.jitter_strength == 1.0
+    assert data.cfg.views.crop_min_scale == 0.5
+
+
+def class_tree(root: Path, per_class: int = 10) -> None:
+    for label in ("ant", "bee", "cow"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (12, 12), (i, 0, 0)).save(root / label / f"{i}.png")
+
+
+def test_class_folders_get_a_seeded_stratified_val_split(tmp_path):
+    class_tree(tmp_path)
+    first = DATASETS.get("imagefolder")(cfg(tmp_path, val_fraction=0.3))
+    again = DATASETS.get("imagefolder")(cfg(tmp_path, val_fraction=0.3))
+    assert first.num_classes == 3 and len(first.train) == 21 and len(first.val) == 9
+    assert sorted(first.val.labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert torch.equal(first.val.images, again.val.images) and torch.equal(first.train.labels, again.train.labels)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_unlabelled_images_pretrain_without_labels(tmp_path, nested):
+    for i in range(20):
+        folder = tmp_path / f"day{i % 3}" / "cam" if nested else tmp_path
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (10, 10), (i, i, i)).save(folder / f"{i}.jpg")
+    data = SSLDataModule(cfg(tmp_path, batch_size=4), "pretrain")
+    assert data.num_classes == 0 and len(data.splits.train) == 16 and len(data.splits.val) == 4
+    assert set(data.splits.train.labels.tolist()) == {-1}
+    (view1, _), labels = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+    assert view1.shape[0] == 4 and labels.tolist() == [-1] * 4
 
 
 @pytest.mark.parametrize(
@@ -75,11 +165,11 @@ def test_strict_fails_on_the_first_unreadable_file(tmp_path):
     [
         ("no_root", "needs data.root"),
         ("missing_root", "is not a directory"),
-        ("no_train", "no 'train' folder"),
+        ("no_train", "no images under"),
         ("no_classes", "no class folders"),
         ("no_val", "no 'val' folder"),
         ("empty_val", "no images in the class folders"),
-        ("only_unreadable", "no readable images"),
+        ("only_unreadable", "no readable val images"),
     ],
 )
 def test_layout_mistakes_say_what_is_missing(tmp_path, layout, expected):

@@ -5,7 +5,8 @@ import torch
 from omegaconf import OmegaConf
 
 from sslrun.config import OptimConfig
-from sslrun.optim import OPTIMIZERS, build_optimizer, effective_lr, param_groups, warmup_cosine
+from sslrun.errors import UserError
+from sslrun.optim import OPTIMIZERS, build_optimizer, effective_lr, param_groups, warmup_cosine, warmup_steps
 
 
 def optim_cfg(name: str, **kw) -> OptimConfig:
@@ -18,6 +19,17 @@ def test_warmup_then_cosine_to_min_ratio():
     assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
     assert all(f(s) >= f(s + 1) for s in range(10, 120))
+
+
+def test_auto_warmup_fits_the_run(caplog):
+    assert warmup_steps("auto", steps_per_epoch=31, total_steps=248) == 24  # 8 epochs: 10% of the run
+    assert warmup_steps("auto", steps_per_epoch=10, total_steps=10_000) == 100  # long run: 10 epochs
+    assert warmup_steps("auto", steps_per_epoch=1, total_steps=50) == 5  # trainer.max_steps=50, one step per "epoch"
+    assert warmup_steps(2, steps_per_epoch=31, total_steps=248) == 62
+    assert warmup_steps(10, steps_per_epoch=31, total_steps=248) == 247  # an explicit value is kept, capped, and...
+    assert "never reaches its peak" in caplog.text  # ...the log says so
+    with pytest.raises(UserError, match="optim.warmup_epochs"):
+        warmup_steps("soon", steps_per_epoch=31, total_steps=248)
 
 
 def test_linear_scaling_rule():

@@ -55,3 +55,11 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Fraction of rows whose label is among the ``k`` highest scores (k clipped to the number of classes)."""
     top = scores.topk(min(k, scores.shape[1]), dim=1).indices
     return (top == labels[:, None]).any(dim=1).float().mean().item()
+
+
+def rankme(feats: torch.Tensor, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al. 2023, arXiv 2210.02885): exp of the entropy of the normalised singular values of the
+    (M, D) features; a label-free quality signal between 1 (collapsed) and min(M, D) (full rank)."""
+    singular = torch.linalg.svdvals(feats.double())
+    p = singular / singular.sum() + eps
+    return float(torch.exp(-(p * p.log()).sum()))

@@ -1,11 +1,16 @@
 """kNN monitor: each ``every_n_epochs`` epochs, embed the train split (the bank) and the validation split with the
-frozen backbone, log the weighted-kNN top-1 and the online probe's top-1/top-5 on the validation split."""
+frozen backbone, log the weighted-kNN top-1 and the online probe's top-1/top-5 on the validation split, and the
+label-free RankMe of the validation features (the only signal when the data has no labels)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytorch_lightning as pl
 
-from sslrun.callbacks.features import extract_features, knn_predict, topk_accuracy
+from sslrun.callbacks.features import extract_features, knn_predict, rankme, topk_accuracy
+
+log = logging.getLogger(__name__)
 
 
 class KNNMonitor(pl.Callback):
@@ -15,12 +20,19 @@ class KNNMonitor(pl.Callback):
         self.every_n_epochs = max(1, every_n_epochs)
         self.channels_last = channels_last
         self.best_knn_top1 = 0.0
+        self._said_unlabelled = False
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epochs_done = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
         last = epochs_done or 0 < trainer.max_steps <= trainer.global_step
         if (trainer.current_epoch + 1) % self.every_n_epochs and not last:
             return
+        if pl_module.probe is None and not self._said_unlabelled:
+            log.info(
+                "no labels in data=%s: kNN and the online probe are skipped; logging rankme",
+                trainer.datamodule.cfg.name,
+            )
+            self._said_unlabelled = True
         metrics = self.evaluate(trainer, pl_module)
         for name, value in metrics.items():
             pl_module.log(name, value, prog_bar=name == "knn_top1", sync_dist=True)
@@ -29,8 +41,10 @@ class KNNMonitor(pl.Callback):
         train_loader, val_loader = trainer.datamodule.eval_dataloaders()
         ctx = trainer.precision_plugin.forward_context
         args = (pl_module.device, ctx, self.channels_last)
-        bank, bank_labels = extract_features(pl_module.backbone, train_loader, *args)
         feats, labels = extract_features(pl_module.backbone, val_loader, *args)
+        if pl_module.probe is None:
+            return {"rankme": rankme(feats)}
+        bank, bank_labels = extract_features(pl_module.backbone, train_loader, *args)
         num_classes = pl_module.probe.head.out_features
         known = bank_labels >= 0
         knn = knn_predict(bank[known], bank_labels[known], feats, num_classes, self.k, self.temperature)
@@ -42,4 +56,5 @@ class KNNMonitor(pl.Callback):
             "knn_top1_best": self.best_knn_top1,
             "linear_top1": topk_accuracy(probe_scores, labels, 1),
             "linear_top5": topk_accuracy(probe_scores, labels, 5),
+            "rankme": rankme(feats),
         }

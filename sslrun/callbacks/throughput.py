@@ -1,5 +1,6 @@
 """Training throughput: source images per second (all ranks), measured from the end of one training batch to the
-end of the next, so data loading and the optimizer step count but epoch-end evaluation does not."""
+end of the next, so data loading and the optimizer step count but epoch-end evaluation does not; the share of that
+time spent before the step starts (loading, collating, moving and augmenting the batch); and the whole run's ETA."""
 
 from __future__ import annotations
 
@@ -12,20 +13,43 @@ class Throughput(pl.Callback):
     def __init__(self) -> None:
         self.images = 0
         self.seconds = 0.0
+        self.data_seconds = 0.0
+        self._waited = 0.0
         self._last: float | None = None
+        self._fit_start: float | None = None
 
     @property
     def img_per_s(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
 
+    @property
+    def data_share(self) -> float:
+        """Fraction of step time spent waiting for the batch: loader, transfer and on-device views."""
+        return self.data_seconds / self.seconds if self.seconds else 0.0
+
+    def eta_seconds(self, trainer: pl.Trainer) -> float | None:
+        """Seconds left in the whole run at the pace so far (steps and evaluations alike)."""
+        done, total = trainer.global_step, trainer.estimated_stepping_batches
+        if self._fit_start is None or done == 0 or total == float("inf"):
+            return None
+        return (time.perf_counter() - self._fit_start) / done * max(0, total - done)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._last is not None:
+            self._waited = time.perf_counter() - self._last
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         now = time.perf_counter()
         if self._last is not None:
             self.images += _batch_size(batch) * trainer.world_size
             self.seconds += now - self._last
+            self.data_seconds += self._waited
             pl_module.log("img_per_s", self.img_per_s, prog_bar=True, on_step=True, on_epoch=False)
         self._last = now
 

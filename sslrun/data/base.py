@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS
 from sslrun.data.batched_views import BatchedSimCLRViews
+from sslrun.data.recipes import parse_batched, parse_image_size, parse_workers, recipe_for, resolve_data
 from sslrun.data.views import check_views, eval_transform, finetune_view, two_views
 from sslrun.errors import UserError
 
@@ -33,6 +34,8 @@ class Splits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     pretrain: Dataset | None = None
+    image_size: int | None = None  # the size ``data.image_size=auto`` resolves to (None: images vary, no default)
+    in_memory: bool = True  # decoded uint8 tensors (cheap to index); ``data.views.batched=auto`` turns on for these
 
 
 class TensorImages(Dataset):
@@ -101,16 +104,20 @@ class SSLDataModule(pl.LightningDataModule):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        self.cfg = cfg
         self.stage = stage
         self._generator: torch.Generator | None = None
-        if cfg.batch_size < 1 or cfg.image_size < 1 or cfg.num_workers < 0:
-            raise UserError(
-                f"data.batch_size={cfg.batch_size} and data.image_size={cfg.image_size} must be positive and "
-                f"data.num_workers={cfg.num_workers} not negative"
-            )
-        check_views(cfg.views)
+        if cfg.batch_size < 1:
+            raise UserError(f"data.batch_size={cfg.batch_size} must be a positive number of images")
+        parse_workers(cfg.num_workers)
+        requested = parse_image_size(cfg.image_size)
+        parse_batched(cfg.views.batched)
+        recipe_for(cfg.views.recipe, requested or 32)
         self.splits = limit_splits(DATASETS.get(cfg.name)(cfg), cfg.limit)
+        size = requested or self.splits.image_size
+        if size is None:
+            raise UserError(f"data={cfg.name}: images of differing sizes; set data.image_size=<pixels>")
+        self.cfg = resolve_data(cfg, size, self.splits.in_memory)
+        check_views(self.cfg.views)
         source = self._train_source
         if len(source) < cfg.batch_size:
             raise UserError(

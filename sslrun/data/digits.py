@@ -14,9 +14,11 @@ from torchvision.transforms.v2 import functional as TF
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS
 from sslrun.data.base import Splits, TensorImages
+from sslrun.data.recipes import parse_image_size
 from sslrun.errors import UserError
 
 SPLIT_SEED = 0
+DEFAULT_SIZE = 32  # data.image_size=auto: 8 px upsampled to the smallest size the backbones are built for
 
 
 @DATASETS.register("digits")
@@ -26,7 +28,8 @@ def digits(cfg: DataConfig) -> Splits:
         raise UserError(f"data.val_fraction={cfg.val_fraction} must be between 0 and 1 (exclusive)")
     raw = load_digits()
     pixels = torch.from_numpy(raw.images).float().mul(255.0 / 16.0).round().to(torch.uint8).unsqueeze(1)
-    images = TF.resize(pixels, [cfg.image_size, cfg.image_size], antialias=True)
+    size = parse_image_size(cfg.image_size) or DEFAULT_SIZE
+    images = TF.resize(pixels, [size, size], antialias=True)
     labels = torch.from_numpy(raw.target).long()
     train_idx, val_idx = train_test_split(
         torch.arange(len(labels)).numpy(), test_size=cfg.val_fraction, stratify=raw.target, random_state=SPLIT_SEED
@@ -40,4 +43,5 @@ def digits(cfg: DataConfig) -> Splits:
         channels=1,
         mean=(train_pixels.mean().item(),),
         std=(train_pixels.std().item(),),
+        image_size=size,
     )

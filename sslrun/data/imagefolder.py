@@ -1,97 +1,154 @@
-"""``imagefolder``: a user's image tree in the torchvision ImageFolder convention, ``ROOT/train/<class>/*`` and
-``ROOT/val/<class>/*`` (classes come from ``train``). Every image is decoded once up front, so an unreadable file is
-reported before training: skipped with a warning, or a UserError with ``data.strict=true``.
+"""``imagefolder``: a user's own images under ``data.root``, in any of three layouts (checked in this order):
+
+- ``ROOT/train/<class>/*`` + ``ROOT/val/<class>/*``: torchvision's ImageFolder convention (classes from ``train``);
+- ``ROOT/<class>/*``: class folders; a seeded, stratified ``data.val_fraction`` of each class becomes the val split;
+- any other tree of images (flat or nested): no labels; pretraining runs, the label monitors are skipped.
+
+Two passes, each file opened once per pass: a header scan (size and mode only, no decode) resolves
+``data.image_size=auto`` (the median short side, rounded to 8 px, within [32, 224]) and the channels (1 when every
+image is grayscale, 8- or 16-bit; else 3) and sizes the cache; then each file is decoded once — into a uint8
+tensor in RAM (``data.cache``: ``ram``, or ``auto`` when the decoded tree fits in ``data.cache_max_mb``), or, when
+streaming (``none``), only to validate it, and again by the loader's workers at each epoch. An unreadable file is
+skipped and counted in the log, or a UserError with ``data.strict=true``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 import torch
 from PIL import Image
+from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS
-from sslrun.data.base import Splits
+from sslrun.data.base import Splits, TensorImages, square_image
+from sslrun.data.recipes import parse_image_size
 from sslrun.errors import UserError
 
 log = logging.getLogger(__name__)
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-LAYOUT = "expected layout: ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (png, jpg, ...)"
+GRAY_STATS = ((0.449,), (0.226,))
+LAYOUT = "expected ROOT/train/<class>/* + ROOT/val/<class>/*, ROOT/<class>/*, or a folder of images (png, jpg, ...)"
 WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+GRAY_MODES = ("1", "L", "LA", *WIDE_INTEGER_MODES)
+AUTO_SIZE_BOUNDS = (32, 224)
+CACHE_MODES = ("auto", "ram", "none")
+SPLIT_SEED = 0
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB: 16/32-bit integer images are scaled from 0..65535, transparency is composited on white."""
+def to_mode(image: Image.Image, channels: int) -> Image.Image:
+    """Any PIL mode -> 8-bit L (``channels=1``) or RGB: 16/32-bit integer images are scaled from 0..65535,
+    transparency is composited on white."""
     if image.mode in WIDE_INTEGER_MODES:
         pixels = np.asarray(image, dtype=np.float32) / 257.0
-        return Image.fromarray(pixels.clip(0, 255).round().astype(np.uint8)).convert("RGB")
-    if image.has_transparency_data:
+        image = Image.fromarray(pixels.clip(0, 255).round().astype(np.uint8))
+    elif image.has_transparency_data:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    return image.convert("L" if channels == 1 else "RGB")
 
 
-def load_rgb(path: str) -> torch.Tensor:
-    """Decode the image file at ``path`` to uint8 (3, H, W)."""
+def load_image(path: str, channels: int = 3) -> torch.Tensor:
+    """Decode the image file at ``path`` to uint8 (channels, H, W)."""
     with Image.open(path) as image:
-        rgb = to_rgb(image)
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+        pixels = np.asarray(to_mode(image, channels)).copy()
+    tensor = torch.from_numpy(pixels)
+    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1)
 
 
 class ImageFiles(Dataset):
-    """(path, label) samples decoded on access to (uint8 (3, H, W), label)."""
+    """(path, label) samples decoded on access to (uint8 (channels, H, W), label)."""
 
-    def __init__(self, samples: list[tuple[str, int]]) -> None:
+    def __init__(self, samples: list[tuple[str, int]], channels: int) -> None:
         self.samples = samples
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return load_rgb(path), label
+        return load_image(path, self.channels), label
 
 
-def _problem(path: str) -> str | None:
-    """None if ``path`` decodes, else the reason it does not."""
+@dataclass
+class Header:
+    short_side: int
+    gray: bool
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _header(path: str) -> Header | str:
+    """Size and mode from the file's header (no pixel decode), or the reason it cannot be opened."""
     try:
-        load_rgb(path)
+        with Image.open(path) as image:
+            return Header(min(image.size), image.mode in GRAY_MODES)
     except Exception as err:  # any decoder failure (OSError, SyntaxError, ValueError, ...) means unreadable
-        text = str(err).strip()
-        return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-    return None
+        return _reason(err)
 
 
-def _readable(folder: Path, samples: list[tuple[str, int]], strict: bool) -> list[tuple[str, int]]:
+def _parallel(fn: Callable, items: list) -> list:
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        problems = list(pool.map(_problem, (path for path, _ in samples)))
-    bad = [(path, reason) for (path, _), reason in zip(samples, problems, strict=True) if reason is not None]
-    if not bad:
-        return samples
-    first, reason = bad[0]
-    if strict:
-        raise UserError(
-            f"data=imagefolder: cannot read {first} ({reason}); fix or remove it, or pass data.strict=false to skip "
-            f"unreadable images ({len(bad)} of {len(samples)} under {folder} are unreadable)"
-        )
-    log.warning(
-        "skipped %d unreadable images of %d under %s (first: %s): pass data.strict=true to fail instead",
-        len(bad),
-        len(samples),
-        folder,
-        first,
+        return list(pool.map(fn, items))
+
+
+class Unreadable:
+    """Counts unreadable files across both passes; fails on the first one with ``data.strict=true``."""
+
+    def __init__(self, root: Path, total: int, strict: bool) -> None:
+        self.root, self.total, self.strict = root, total, strict
+        self.bad: list[tuple[str, str]] = []
+
+    def keep(self, samples: list[tuple[str, int]], results: list) -> list[int]:
+        """Indices of the samples whose result is not an error string; the others are recorded."""
+        kept = []
+        for i, ((path, _), result) in enumerate(zip(samples, results, strict=True)):
+            if isinstance(result, str):
+                if self.strict:
+                    raise UserError(
+                        f"data=imagefolder: cannot read {path} ({result}); fix or remove it, or pass data.strict=false "
+                        f"to skip unreadable images"
+                    )
+                self.bad.append((path, result))
+            else:
+                kept.append(i)
+        return kept
+
+    def report(self) -> None:
+        if self.bad:
+            log.warning(
+                "skipped %d unreadable images of %d under %s (first: %s): pass data.strict=true to fail instead",
+                len(self.bad),
+                self.total,
+                self.root,
+                self.bad[0][0],
+            )
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(
+        os.path.join(dirpath, name)
+        for dirpath, _, names in os.walk(folder, followlinks=True)
+        for name in names
+        if name.lower().endswith(IMG_EXTENSIONS)
     )
-    return [sample for sample, reason in zip(samples, problems, strict=True) if reason is None]
 
 
-def _split(root: Path, name: str, class_to_idx: dict[str, int], strict: bool) -> ImageFiles:
+def _class_split(root: Path, name: str, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
     folder = root / name
     if not folder.is_dir():
         raise UserError(f"data=imagefolder: no '{name}' folder in {root}; {LAYOUT}")
@@ -101,32 +158,137 @@ def _split(root: Path, name: str, class_to_idx: dict[str, int], strict: bool) ->
     samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     if not samples:
         raise UserError(f"data=imagefolder: no images in the class folders of {folder}; {LAYOUT}")
-    samples = _readable(folder, samples, strict)
-    if not samples:
-        raise UserError(f"data=imagefolder: no readable images under {folder}; {LAYOUT}")
-    return ImageFiles(samples)
+    return samples
+
+
+def _holdout(samples: list[tuple[str, int]], fraction: float, stratify: bool) -> tuple[list, list]:
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"data.val_fraction={fraction} must be between 0 and 1 (exclusive)")
+    labels = [label for _, label in samples]
+    try:
+        train, val = train_test_split(
+            samples, test_size=fraction, stratify=labels if stratify else None, random_state=SPLIT_SEED
+        )
+    except ValueError as err:
+        raise UserError(f"data=imagefolder: cannot hold out data.val_fraction={fraction}: {err}") from None
+    return sorted(train), sorted(val)
+
+
+def discover(root: Path, val_fraction: float) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str], str]:
+    """(train samples, val samples, class names, layout description); label -1 for unlabelled trees."""
+    if (root / "train").is_dir():
+        try:
+            classes, class_to_idx = find_classes(str(root / "train"))
+        except FileNotFoundError:
+            raise UserError(f"data=imagefolder: no class folders in {root / 'train'}; {LAYOUT}") from None
+        train = _class_split(root, "train", class_to_idx)
+        return train, _class_split(root, "val", class_to_idx), classes, "train/<class> + val/<class>"
+    loose = [e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
+    if not loose:
+        try:
+            classes, class_to_idx = find_classes(str(root))
+        except FileNotFoundError:
+            classes, class_to_idx = [], {}
+        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        if samples and all(os.path.dirname(path) == str(root / classes[label]) for path, label in samples):
+            return *_holdout(samples, val_fraction, stratify=True), classes, "<class> folders, stratified val split"
+    files = _files_under(root)
+    if not files:
+        raise UserError(f"data=imagefolder: no images under {root}; {LAYOUT}")
+    return (
+        *_holdout([(path, -1) for path in files], val_fraction, stratify=False),
+        [],
+        "unlabelled images, random val split",
+    )
+
+
+def auto_size(short_sides: list[int]) -> int:
+    low, high = AUTO_SIZE_BOUNDS
+    return int(min(high, max(low, round(median(short_sides) / 8) * 8)))
+
+
+def _decode_square(path: str, channels: int, size: int) -> torch.Tensor | str:
+    try:
+        return square_image(load_image(path, channels), size)
+    except Exception as err:  # unreadable: counted by the caller
+        return _reason(err)
+
+
+def _validate(path: str, channels: int) -> None | str:
+    try:
+        load_image(path, channels)
+    except Exception as err:  # unreadable: counted by the caller
+        return _reason(err)
+    return None
+
+
+def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    pixels = images[: min(len(images), 4096)].float().div_(255.0).transpose(0, 1).flatten(1)
+    return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).clamp_min(1e-3).tolist())
 
 
 @DATASETS.register("imagefolder")
 def imagefolder(cfg: DataConfig) -> Splits:
-    """Your own images: data.root=DIR with DIR/train/<class>/* and DIR/val/<class>/* (RGB, 3 channels)."""
+    """Your own images: data.root=DIR with train/<class> + val/<class>, <class> folders, or no labels at all"""
     if cfg.root is None:
         raise UserError(f"data=imagefolder needs data.root=DIR; {LAYOUT}")
+    if cfg.cache not in CACHE_MODES:
+        raise UserError(f"data.cache={cfg.cache!r} is not one of: {', '.join(CACHE_MODES)}")
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise UserError(f"data.root={root} is not a directory; {LAYOUT}")
-    train_dir = root / "train"
-    if not train_dir.is_dir():
-        raise UserError(f"data=imagefolder: no 'train' folder in {root}; {LAYOUT}")
-    try:
-        classes, class_to_idx = find_classes(str(train_dir))
-    except FileNotFoundError:
-        raise UserError(f"data=imagefolder: no class folders in {train_dir}; {LAYOUT}") from None
+    train, val, classes, layout = discover(root, cfg.val_fraction)
+    samples = train + val
+    unreadable = Unreadable(root, len(samples), cfg.strict)
+    headers = _parallel(_header, [path for path, _ in samples])
+    kept = unreadable.keep(samples, headers)
+    headers = [headers[i] for i in kept]
+    is_train = [i < len(train) for i in kept]
+    samples = [samples[i] for i in kept]
+    channels = 1 if headers and all(h.gray for h in headers) else 3
+    size = parse_image_size(cfg.image_size) or (auto_size([h.short_side for h in headers]) if headers else 32)
+    footprint_mb = len(samples) * channels * size * size / 2**20
+    cache = cfg.cache == "ram" or (cfg.cache == "auto" and footprint_mb <= cfg.cache_max_mb)
+    if cache:
+        results = _parallel(lambda path: _decode_square(path, channels, size), [path for path, _ in samples])
+    else:
+        results = _parallel(lambda path: _validate(path, channels), [path for path, _ in samples])
+    kept = unreadable.keep(samples, results)
+    unreadable.report()
+    parts = {part: [i for i in kept if is_train[i] == (part == "train")] for part in ("train", "val")}
+    for part, indices in parts.items():
+        if not indices:
+            raise UserError(f"data=imagefolder: no readable {part} images under {root}; {LAYOUT}")
+    log.info(
+        "data=imagefolder: %s under %s; %d train + %d val images (%s), %d channel(s), image_size %d%s; %s",
+        layout,
+        root,
+        len(parts["train"]),
+        len(parts["val"]),
+        f"{len(classes)} classes" if classes else "no labels",
+        channels,
+        size,
+        " (auto: median short side)" if cfg.image_size == "auto" else "",
+        f"decoded into RAM ({footprint_mb:.0f} MB)" if cache else f"streamed from disk (cache {cfg.cache})",
+    )
+    if cache:
+        datasets = {
+            part: TensorImages(
+                torch.stack([results[i] for i in indices]), torch.tensor([samples[i][1] for i in indices])
+            )
+            for part, indices in parts.items()
+        }
+        mean, std = _stats(datasets["train"].images)
+    else:
+        datasets = {part: ImageFiles([samples[i] for i in indices], channels) for part, indices in parts.items()}
+        mean, std = GRAY_STATS if channels == 1 else IMAGENET_STATS
     return Splits(
-        train=_split(root, "train", class_to_idx, cfg.strict),
-        val=_split(root, "val", class_to_idx, cfg.strict),
+        train=datasets["train"],
+        val=datasets["val"],
         num_classes=len(classes),
-        channels=3,
-        mean=IMAGENET_STATS[0],
-        std=IMAGENET_STATS[1],
+        channels=channels,
+        mean=mean,
+        std=std,
+        image_size=size,
+        in_memory=cache,
     )

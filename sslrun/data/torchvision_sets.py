@@ -1,7 +1,7 @@
-"""Standard benchmarks through torchvision's own dataset classes: ``cifar10``, ``cifar100``, ``stl10``, ``mnist``,
-``fashion_mnist``. Files live under ``data.root`` (default ``~/.cache/sslrun/<name>``) in torchvision's layout; the
-decoded arrays torchvision loads are wrapped as uint8 tensors without a copy. Missing files that cannot be
-downloaded end in a UserError naming the files and the directory.
+"""Standard benchmarks through torchvision's own dataset classes: ``cifar10``, ``cifar100``, ``stl10``, ``mnist``
+(and ``fashion_mnist`` given a ``data.root``: ``sslrun.data.fashion_mnist``). Files live under ``data.root`` (default
+``~/.cache/sslrun/<name>``) in torchvision's layout; the decoded arrays torchvision loads are wrapped as uint8 tensors
+without a copy. Missing files that cannot be downloaded end in a UserError naming the files and the directory.
 """
 
 from __future__ import annotations
@@ -72,13 +72,14 @@ def _hwc(data: object, labels: object) -> TensorImages:
 
 def _cifar(cls: type, cfg: DataConfig, num_classes: int, stats: tuple[tuple[float, ...], ...]) -> Splits:
     train, test = (_open(cls, cfg, train=flag) for flag in (True, False))
-    return Splits(_hwc(train.data, train.targets), _hwc(test.data, test.targets), num_classes, 3, *stats)
+    wrap = [_hwc(ds.data, ds.targets) for ds in (train, test)]
+    return Splits(*wrap, num_classes, 3, *stats, image_size=32)
 
 
 def _mnist(cls: type, cfg: DataConfig, stats: tuple[tuple[float, ...], ...]) -> Splits:
     train, test = (_open(cls, cfg, train=flag) for flag in (True, False))
     wrap = [TensorImages(ds.data.unsqueeze(1), ds.targets) for ds in (train, test)]
-    return Splits(*wrap, num_classes=len(cls.classes), channels=1, mean=stats[0], std=stats[1])
+    return Splits(*wrap, num_classes=len(cls.classes), channels=1, mean=stats[0], std=stats[1], image_size=28)
 
 
 @DATASETS.register("cifar10")
@@ -106,6 +107,7 @@ def stl10(cfg: DataConfig) -> Splits:
         mean=STL10_STATS[0],
         std=STL10_STATS[1],
         pretrain=ConcatDataset([wrap["unlabeled"], wrap["train"]]),
+        image_size=96,
     )
 
 
@@ -113,9 +115,3 @@ def stl10(cfg: DataConfig) -> Splits:
 def mnist(cfg: DataConfig) -> Splits:
     """MNIST via torchvision: 60k/10k 28x28 grayscale digits, 10 classes."""
     return _mnist(datasets.MNIST, cfg, MNIST_STATS)
-
-
-@DATASETS.register("fashion_mnist")
-def fashion_mnist(cfg: DataConfig) -> Splits:
-    """Fashion-MNIST via torchvision: 60k/10k 28x28 grayscale clothing images, 10 classes."""
-    return _mnist(datasets.FashionMNIST, cfg, FASHION_MNIST_STATS)

@@ -26,7 +26,8 @@ class SSLMethod(pl.LightningModule):
         self.save_hyperparameters()
         self.cfg: DictConfig = OmegaConf.create(cfg)
         self.backbone = BACKBONES.build(self.cfg.backbone.name, self.cfg.backbone, in_channels, image_size)
-        self.probe = OnlineLinearProbe(self.backbone.feature_dim, num_classes)
+        # No labels (an unlabelled image folder): no probe; the kNN monitor reports label-free signals instead.
+        self.probe = OnlineLinearProbe(self.backbone.feature_dim, num_classes) if num_classes > 0 else None
         self.channels_last = bool(self.cfg.trainer.channels_last)
 
     def ssl_step(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,9 +47,11 @@ class SSLMethod(pl.LightningModule):
             view1 = view1.contiguous(memory_format=torch.channels_last)
             view2 = view2.contiguous(memory_format=torch.channels_last)
         loss, feats = self.ssl_step(view1, view2)
-        probe_loss, probe_acc = self.probe.loss(feats, labels)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        if self.probe is None:
+            return loss
+        probe_loss, probe_acc = self.probe.loss(feats, labels)
         self.log("probe_train_acc", probe_acc, on_step=False, on_epoch=True, sync_dist=True)
         return loss + probe_loss
 
@@ -61,12 +64,13 @@ class SSLMethod(pl.LightningModule):
     def configure_optimizers(self):
         ssl_params = torch.nn.ModuleList(m for name, m in self.named_children() if name != "probe")
         groups = param_groups(ssl_params, self.cfg.optim)
-        groups.append(
-            {
-                "params": list(self.probe.parameters()),
-                "lr": self.cfg.eval.probe_lr,
-                "weight_decay": 0.0,
-                "lars_exclude": True,
-            }
-        )
+        if self.probe is not None:
+            groups.append(
+                {
+                    "params": list(self.probe.parameters()),
+                    "lr": self.cfg.eval.probe_lr,
+                    "weight_decay": 0.0,
+                    "lars_exclude": True,
+                }
+            )
         return lightning_optimizers(self.trainer, groups, self.cfg.optim, self.cfg.data.batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -10,10 +11,14 @@ import torch
 from torch import nn
 
 from sslrun.config import OptimConfig
+from sslrun.errors import UserError
 from sslrun.optim.lars import LARS
 from sslrun.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
+AUTO_WARMUP_EPOCHS = 10
+AUTO_WARMUP_FRACTION = 0.1
+log = logging.getLogger(__name__)
 
 
 @OPTIMIZERS.register("sgd")
@@ -63,12 +68,46 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
     return factor
 
 
+def warmup_steps(warmup_epochs: object, steps_per_epoch: int, total_steps: int) -> int:
+    """Warmup in optimizer steps. ``auto``: 10 epochs or 10% of the run, whichever is shorter, so a short run
+    (or one cut by ``trainer.max_steps``) reaches its peak lr; a number of epochs is capped to leave a decay."""
+    if warmup_epochs == "auto":
+        return min(AUTO_WARMUP_EPOCHS * steps_per_epoch, int(AUTO_WARMUP_FRACTION * total_steps))
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int | float) or warmup_epochs < 0:
+        raise UserError(f"optim.warmup_epochs={warmup_epochs!r} must be a non-negative number of epochs or auto")
+    steps = int(warmup_epochs * steps_per_epoch)
+    if steps >= total_steps:
+        log.warning(
+            "optim.warmup_epochs=%s (%d steps) is as long as the run (%d steps): the lr never reaches its peak; "
+            "optim.warmup_epochs=auto fits the warmup to the run",
+            warmup_epochs,
+            steps,
+            total_steps,
+        )
+    return min(steps, max(0, total_steps - 1))
+
+
 def build_optimizer(
     groups: Iterable[dict], cfg: OptimConfig, global_batch_size: int, steps_per_epoch: int, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     lr = effective_lr(cfg, global_batch_size)
     optimizer = OPTIMIZERS.build(cfg.name, list(groups), cfg, lr)
-    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), max(0, total_steps - 1))
+    warmup = warmup_steps(cfg.warmup_epochs, steps_per_epoch, total_steps)
+    log.info(
+        "schedule: %s, peak lr %.4g (optim.lr=%g x global batch %d / 256: %s), %d warmup steps (%.2f epochs, "
+        "optim.warmup_epochs=%s) then cosine to %g x peak, %d steps in all (%d per epoch)",
+        cfg.name,
+        lr,
+        cfg.lr,
+        global_batch_size,
+        "scaled" if cfg.scale_lr else "not scaled",
+        warmup,
+        warmup / max(1, steps_per_epoch),
+        cfg.warmup_epochs,
+        cfg.min_lr_ratio,
+        total_steps,
+        steps_per_epoch,
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total_steps, cfg.min_lr_ratio))
     return optimizer, schedule
 

@@ -1,0 +1,38 @@
+"""Throughput's data-wait share and run ETA, the progress bar that shows them, and RankMe."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sslrun.callbacks import throughput as throughput_module
+from sslrun.callbacks.features import rankme
+from sslrun.callbacks.throughput import Throughput
+
+
+def test_data_share_and_eta_follow_the_step_timeline(monkeypatch):
+    clock = iter([0.0, 1.0, 1.5, 3.0, 3.5, 5.5])  # fit start, end of batch 0, then (start, end) of batches 1 and 2
+    monkeypatch.setattr(throughput_module.time, "perf_counter", lambda: next(clock))
+    trainer = SimpleNamespace(world_size=1, global_step=0, estimated_stepping_batches=10)
+    module = SimpleNamespace(log=lambda *a, **k: None)
+    batch = (torch.zeros(4, 1), torch.zeros(4))
+    cb = Throughput()
+    cb.on_train_start(trainer, module)
+    cb.on_train_epoch_start(trainer, module)
+    for i in range(3):
+        cb.on_train_batch_start(trainer, module, batch, i)
+        cb.on_train_batch_end(trainer, module, None, batch, i)
+        trainer.global_step += 1
+    # steps 2 and 3 are timed (the first of an epoch is not): 2.0 + 2.5 s, of which 0.5 + 0.5 s waiting for data
+    assert cb.seconds == pytest.approx(4.5) and cb.data_share == pytest.approx(1.0 / 4.5)
+    assert cb.img_per_s == pytest.approx(8 / 4.5)
+    monkeypatch.setattr(throughput_module.time, "perf_counter", lambda: 6.0)
+    assert cb.eta_seconds(trainer) == pytest.approx(6.0 / 3 * 7)
+
+
+def test_rankme_counts_the_used_dimensions():
+    torch.manual_seed(0)
+    full = torch.randn(512, 8)
+    collapsed = torch.randn(512, 1) @ torch.randn(1, 8)
+    assert rankme(full) == pytest.approx(8, rel=0.1)
+    assert rankme(collapsed) == pytest.approx(1, abs=0.01)
