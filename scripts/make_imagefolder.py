@@ -12,21 +12,13 @@ split of the IDX files: the first ``--train`` for train, the next ``--val`` for 
 from __future__ import annotations
 
 import argparse
-import gzip
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-EMBEDDED = Path(__file__).resolve().parents[1] / "sslrun" / "data" / "embedded" / "fashion_mnist"
+from sslrun.data.fashion_mnist import EMBEDDED, read_idx
+
 CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    data = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ class BackboneConfig:
 class OptimConfig:
     name: str = MISSING
     lr: float = 0.3
-    scale_lr: bool = True
+    scale_lr: Any = "linear"  # linear | sqrt | none (true = linear, false = none)
     weight_decay: float = 1e-6
     momentum: float = 0.9
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])

@@ -247,11 +247,13 @@ def test_digits_split_is_fixed_stratified_and_upsampled():
     assert a.train[0][0].max() > 200  # 0..16 scaled to 0..255
 
 
-def test_limit_keeps_the_first_items_of_every_split():
+def test_limit_keeps_evenly_spaced_items_of_every_split():
     full = SSLDataModule(data_cfg("digits"), "pretrain").splits
     data = SSLDataModule(data_cfg("digits", limit=10), "pretrain")
     assert len(data.splits.train) == len(data.splits.val) == 10
-    assert torch.equal(data.splits.val[9][0], full.val[9][0])
+    step = len(full.val) / 10
+    assert torch.equal(data.splits.val[0][0], full.val[0][0])
+    assert torch.equal(data.splits.val[9][0], full.val[int(9 * step)][0])
 
 
 def test_bad_sizes_and_names_are_user_errors():

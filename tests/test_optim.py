@@ -35,6 +35,11 @@ def test_auto_warmup_fits_the_run(caplog):
 def test_linear_scaling_rule():
     assert effective_lr(optim_cfg("sgd", lr=0.3), 512) == pytest.approx(0.6)
     assert effective_lr(optim_cfg("sgd", lr=0.3, scale_lr=False), 512) == pytest.approx(0.3)
+    assert effective_lr(optim_cfg("sgd", lr=0.3, scale_lr="none"), 512) == pytest.approx(0.3)
+    assert effective_lr(optim_cfg("sgd", lr=0.3, scale_lr=True), 512) == pytest.approx(0.6)
+    assert effective_lr(optim_cfg("lars", lr=1.2, scale_lr="sqrt"), 4096) == pytest.approx(0.075 * 64)  # SimCLR B.1
+    with pytest.raises(UserError, match="optim.scale_lr"):
+        effective_lr(optim_cfg("sgd", scale_lr="cubic"), 256)
 
 
 def test_bias_and_norm_parameters_get_no_weight_decay():

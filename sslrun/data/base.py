@@ -76,18 +76,20 @@ def square_image(image: torch.Tensor, size: int) -> torch.Tensor:
     return TF.center_crop(TF.resize(image, size, antialias=True), size)
 
 
-def _first(dataset: Dataset, limit: int | None) -> Dataset:
+def _spread(dataset: Dataset, limit: int | None) -> Dataset:
+    """``limit`` items spread evenly over ``dataset`` (folders are stored class by class: the first N would be one
+    class), always including the first."""
     if limit is None or limit >= len(dataset):
         return dataset
-    return Subset(dataset, range(limit))
+    return Subset(dataset, (torch.arange(limit) * len(dataset) // limit).tolist())
 
 
 def limit_splits(splits: Splits, limit: int | None) -> Splits:
-    """Keep the first ``limit`` items of every split (``data.limit``, for quick runs)."""
+    """Keep ``limit`` evenly spaced items of every split (``data.limit``, for quick runs)."""
     if limit is not None and limit < 1:
         raise UserError(f"data.limit={limit} must be a positive number of images (or null for all)")
-    pretrain = None if splits.pretrain is None else _first(splits.pretrain, limit)
-    return replace(splits, train=_first(splits.train, limit), val=_first(splits.val, limit), pretrain=pretrain)
+    pretrain = None if splits.pretrain is None else _spread(splits.pretrain, limit)
+    return replace(splits, train=_spread(splits.train, limit), val=_spread(splits.val, limit), pretrain=pretrain)
 
 
 class SSLDataModule(pl.LightningDataModule):

@@ -18,6 +18,7 @@ from sslrun.registry import Registry
 OPTIMIZERS = Registry("optimizer")
 AUTO_WARMUP_EPOCHS = 10
 AUTO_WARMUP_FRACTION = 0.1
+LR_SCALINGS = {"linear": lambda ratio: ratio, "sqrt": math.sqrt, "none": lambda ratio: 1.0}
 log = logging.getLogger(__name__)
 
 
@@ -51,9 +52,20 @@ def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
     return groups
 
 
+def lr_scaling(cfg: OptimConfig) -> str:
+    """``optim.scale_lr``: linear (or true), sqrt, or none (or false)."""
+    value = cfg.scale_lr
+    if isinstance(value, bool):
+        value = "linear" if value else "none"
+    if value not in LR_SCALINGS:
+        raise UserError(f"optim.scale_lr={cfg.scale_lr!r} is not one of: {', '.join(LR_SCALINGS)} (or true/false)")
+    return value
+
+
 def effective_lr(cfg: OptimConfig, global_batch_size: int) -> float:
-    """Linear scaling rule (Goyal et al. 2017): lr x batch / 256 when ``optim.scale_lr`` is on."""
-    return cfg.lr * global_batch_size / 256 if cfg.scale_lr else cfg.lr
+    """``optim.lr`` is the lr at a global batch of 256. ``linear`` (Goyal et al. 2017): lr x batch / 256; ``sqrt``
+    (SimCLR, Chen et al. 2020, appendix B.1, better for small batches and short runs): lr x sqrt(batch / 256)."""
+    return cfg.lr * LR_SCALINGS[lr_scaling(cfg)](global_batch_size / 256)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
@@ -94,13 +106,13 @@ def build_optimizer(
     optimizer = OPTIMIZERS.build(cfg.name, list(groups), cfg, lr)
     warmup = warmup_steps(cfg.warmup_epochs, steps_per_epoch, total_steps)
     log.info(
-        "schedule: %s, peak lr %.4g (optim.lr=%g x global batch %d / 256: %s), %d warmup steps (%.2f epochs, "
-        "optim.warmup_epochs=%s) then cosine to %g x peak, %d steps in all (%d per epoch)",
+        "schedule: %s, peak lr %.4g (optim.lr=%g at batch 256, %s-scaled to global batch %d), %d warmup steps "
+        "(%.2f epochs, optim.warmup_epochs=%s) then cosine to %g x peak, %d steps in all (%d per epoch)",
         cfg.name,
         lr,
         cfg.lr,
+        lr_scaling(cfg),
         global_batch_size,
-        "scaled" if cfg.scale_lr else "not scaled",
         warmup,
         warmup / max(1, steps_per_epoch),
         cfg.warmup_epochs,

@@ -1,9 +1,10 @@
-"""The README's results table: ``sslrun pretrain`` with the defaults, then ``sslrun finetune mode=linear`` of that
-checkpoint and of a random init (``pretrained=none``) under the same protocol. Prints a Markdown table and one
-JSON line. Positional overrides go to ``pretrain`` only; ``--both`` overrides (backbone, data, seed) to all runs.
+"""The README's results tables: ``sslrun pretrain``, then ``sslrun finetune mode=linear`` of that checkpoint and of a
+random init (``pretrained=none``) under the same protocol. Prints a Markdown table and one JSON line. Positional
+overrides go to ``pretrain`` only; ``--both`` overrides (backbone, data, seed) to all three runs.
 
-    python scripts/results_digits.py --out runs/results
-    python scripts/results_digits.py --out runs/r18 --both backbone=resnet18 backbone.width=0.25 -- seed=1
+    python scripts/results.py --out runs/results
+    python scripts/results.py --out runs/folder --both backbone=resnet18 backbone.width=0.25 data=imagefolder \
+        data.root=runs/data/fmnist -- trainer.max_epochs=8
 """
 
 from __future__ import annotations
