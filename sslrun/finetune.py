@@ -57,11 +57,6 @@ def run(cfg: DictConfig) -> dict[str, float | str]:
         raise UserError(f"mode={cfg.mode!r} is not one of: {', '.join(MODES)}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = SSLDataModule(cfg.data, stage="finetune")
-    if data.num_classes == 0:
-        raise UserError(
-            f"sslrun finetune needs labels, and data.root={cfg.data.root} has none: give it class folders "
-            "(ROOT/<class>/* or ROOT/train/<class>/* + ROOT/val/<class>/*)"
-        )
     cfg.data = data.cfg
     record_config(cfg, "finetune")
     backbone, backbone_cfg = build_backbone(cfg, data)

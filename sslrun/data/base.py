@@ -115,6 +115,11 @@ class SSLDataModule(pl.LightningDataModule):
         parse_batched(cfg.views.batched)
         recipe_for(cfg.views.recipe, requested or 32)
         self.splits = limit_splits(DATASETS.get(cfg.name)(cfg), cfg.limit)
+        if stage == "finetune" and self.splits.num_classes == 0:
+            raise UserError(
+                f"sslrun finetune needs labels, and data.root={cfg.root} has none: give it class folders "
+                "(ROOT/<class>/* or ROOT/train/<class>/* + ROOT/val/<class>/*)"
+            )
         size = requested or self.splits.image_size
         if size is None:
             raise UserError(f"data={cfg.name}: images of differing sizes; set data.image_size=<pixels>")
