@@ -184,12 +184,13 @@ def test_pretrain_on_a_folder_without_a_train_val_split(tmp_path, layout):
         write_images(root, 40, gray=True)
     run = tmp_path / "run"
     args = ["data=imagefolder", f"data.root={root}", "data.batch_size=8", *TINY[3:], f"hydra.run.dir={run}"]
-    proc = sslrun("pretrain", *args, cwd=tmp_path)
+    proc = sslrun("pretrain", *args, "data.views.crop_min_scale=0.5", cwd=tmp_path)  # a key the YAML leaves out
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["rankme"] >= 1.0
     resolved = (run / "config.yaml").read_text()
     assert "image_size: 32" in resolved and "recipe: small" in resolved and "batched: true" in resolved
+    assert "crop_min_scale: 0.5" in resolved and "blur_p: 0.0" in resolved
     log = (run / "pretrain.log").read_text()
     assert "32 train + 8 val images" in log and "1 channel(s)" in log
     if layout == "classes":

@@ -1,5 +1,6 @@
 """Every config group entry composes and validates; bad keys and names fail with one clear message."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import sslrun.finetune
 import sslrun.pretrain
 from sslrun.app import precheck
 from sslrun.backbones import BACKBONES
+from sslrun.config import ViewsConfig
 from sslrun.data import DATASETS
 from sslrun.errors import UserError
 from sslrun.methods import METHODS
@@ -71,3 +73,11 @@ def test_every_sweep_combination_is_checked():
     precheck("pretrain", sslrun.pretrain.schema, ["backbone=resnet18,convnet", "optim.lr=0.1,0.2"])
     with pytest.raises(UserError, match="unknown backbone 'resnet9'"):
         precheck("pretrain", sslrun.pretrain.schema, ["backbone=resnet18,resnet9"])
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_every_view_key_can_be_overridden_on_every_dataset(name):
+    """Hydra only overrides keys the YAML names: each data YAML must list every view key (null = the recipe's)."""
+    keys = [f.name for f in dataclasses.fields(ViewsConfig)]
+    precheck("pretrain", sslrun.pretrain.schema, [f"data={name}", *(f"data.views.{key}=0.5" for key in keys[1:-1])])
+    precheck("pretrain", sslrun.pretrain.schema, [f"data={name}", "data.views.recipe=imagenet"])
