@@ -5,6 +5,10 @@ Prints one JSON line. Images/s counts source images (each yields two views) per 
 Runs alternate (sslrun, plain, sslrun, plain) and the best of each is kept, as this machine is shared.
 
     python scripts/bench_pretrain.py --steps 30 backbone=resnet18 backbone.width=0.25
+    python scripts/bench_pretrain.py --steps 30 backbone=resnet18 backbone.width=0.25 data=imagefolder \
+        data.root=$PWD/runs/data/fmnist      # a PNG folder decoded once into RAM, views made a batch at a time
+
+``data.root`` must be absolute: each timed run works inside ``--out``.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ def main() -> None:
     result = {
         "backbone": f"{cfg.backbone.name} width={cfg.backbone.width}",
         "data": cfg.data.name,
-        "image_size": cfg.data.image_size,
+        "image_size": SSLDataModule(cfg.data, stage="pretrain").image_size,  # what auto resolved to
         "batch_size": cfg.data.batch_size,
         "precision": precision,
         "channels_last": channels_last,
