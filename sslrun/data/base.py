@@ -3,13 +3,15 @@ turns a ``DataConfig`` into SSL two-view, fine-tuning and evaluation loaders."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
@@ -21,6 +23,7 @@ from sslrun.data.views import check_views, eval_transform, finetune_view, two_vi
 from sslrun.errors import UserError
 
 STAGES = ("pretrain", "finetune")
+SPLIT_SEED = 0  # held-out splits use a fixed seed, independent of the run seed: every method sees the same split
 
 
 @dataclass
@@ -67,6 +70,34 @@ class Transformed(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image, label = self.dataset[index]
         return self.transform(image), label
+
+
+def holdout(n: int, val_fraction: float, labels: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices of ``n`` items with ``data.val_fraction`` held out: seeded, stratified by ``labels``."""
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
+    try:
+        train, val = train_test_split(np.arange(n), test_size=val_fraction, stratify=labels, random_state=SPLIT_SEED)
+    except ValueError as err:  # e.g. a class with a single image cannot be stratified
+        raise UserError(f"cannot hold out data.val_fraction={val_fraction}: {err}") from None
+    return torch.from_numpy(train), torch.from_numpy(val)
+
+
+def grayscale_splits(
+    images: torch.Tensor, labels: torch.Tensor, val_fraction: float, num_classes: int, image_size: int
+) -> Splits:
+    """uint8 (N, 1, S, S) images held in memory, split by ``holdout`` (stratified); stats of the train split."""
+    train_idx, val_idx = holdout(len(labels), val_fraction, labels.numpy())
+    train_pixels = images[train_idx].float() / 255.0
+    return Splits(
+        train=TensorImages(images[train_idx], labels[train_idx]),
+        val=TensorImages(images[val_idx], labels[val_idx]),
+        num_classes=num_classes,
+        channels=1,
+        mean=(train_pixels.mean().item(),),
+        std=(train_pixels.std().item(),),
+        image_size=image_size,
+    )
 
 
 def square_image(image: torch.Tensor, size: int) -> torch.Tensor:

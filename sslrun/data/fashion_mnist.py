@@ -23,13 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torchvision import datasets
 
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS
-from sslrun.data.base import Splits, TensorImages
-from sslrun.data.digits import SPLIT_SEED
+from sslrun.data.base import Splits, TensorImages, grayscale_splits
 from sslrun.data.torchvision_sets import FASHION_MNIST_STATS, _mnist
 from sslrun.errors import UserError
 
@@ -75,25 +73,8 @@ def read_split(folder: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def embedded(val_fraction: float) -> Splits:
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
     images, labels = read_split(EMBEDDED, "t10k")
-    train_idx, val_idx = (
-        torch.from_numpy(idx)
-        for idx in train_test_split(
-            np.arange(len(labels)), test_size=val_fraction, stratify=labels.numpy(), random_state=SPLIT_SEED
-        )
-    )
-    train_pixels = images[train_idx].float() / 255.0
-    return Splits(
-        train=TensorImages(images[train_idx], labels[train_idx]),
-        val=TensorImages(images[val_idx], labels[val_idx]),
-        num_classes=NUM_CLASSES,
-        channels=1,
-        mean=(train_pixels.mean().item(),),
-        std=(train_pixels.std().item(),),
-        image_size=SIZE,
-    )
+    return grayscale_splits(images, labels, val_fraction, NUM_CLASSES, SIZE)
 
 
 def flat(folder: Path) -> Splits:

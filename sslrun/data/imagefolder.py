@@ -19,19 +19,19 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from statistics import median
 
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS
-from sslrun.data.base import Splits, TensorImages, square_image
+from sslrun.data.base import Splits, TensorImages, holdout, square_image
 from sslrun.data.recipes import parse_image_size
 from sslrun.errors import UserError
 
@@ -43,7 +43,6 @@ WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 GRAY_MODES = ("1", "L", "LA", *WIDE_INTEGER_MODES)
 AUTO_SIZE_BOUNDS = (32, 224)
 CACHE_MODES = ("auto", "ram", "none")
-SPLIT_SEED = 0
 
 
 def to_mode(image: Image.Image, channels: int) -> Image.Image:
@@ -92,13 +91,18 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
-def _header(path: str) -> Header | str:
-    """Size and mode from the file's header (no pixel decode), or the reason it cannot be opened."""
+def _attempt(read: Callable[[str], object], path: str) -> object:
+    """``read(path)``, or the reason (a str) the file is unreadable."""
     try:
-        with Image.open(path) as image:
-            return Header(min(image.size), image.mode in GRAY_MODES)
+        return read(path)
     except Exception as err:  # any decoder failure (OSError, SyntaxError, ValueError, ...) means unreadable
         return _reason(err)
+
+
+def _header(path: str) -> Header:
+    """Size and mode from the file's header (no pixel decode)."""
+    with Image.open(path) as image:
+        return Header(min(image.size), image.mode in GRAY_MODES)
 
 
 def _parallel(fn: Callable, items: list) -> list:
@@ -162,16 +166,9 @@ def _class_split(root: Path, name: str, class_to_idx: dict[str, int]) -> list[tu
 
 
 def _holdout(samples: list[tuple[str, int]], fraction: float, stratify: bool) -> tuple[list, list]:
-    if not 0.0 < fraction < 1.0:
-        raise UserError(f"data.val_fraction={fraction} must be between 0 and 1 (exclusive)")
-    labels = [label for _, label in samples]
-    try:
-        train, val = train_test_split(
-            samples, test_size=fraction, stratify=labels if stratify else None, random_state=SPLIT_SEED
-        )
-    except ValueError as err:
-        raise UserError(f"data=imagefolder: cannot hold out data.val_fraction={fraction}: {err}") from None
-    return sorted(train), sorted(val)
+    labels = [label for _, label in samples] if stratify else None
+    train, val = holdout(len(samples), fraction, labels)
+    return sorted(samples[i] for i in train.tolist()), sorted(samples[i] for i in val.tolist())
 
 
 def discover(root: Path, val_fraction: float) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str], str]:
@@ -207,21 +204,6 @@ def auto_size(short_sides: list[int]) -> int:
     return int(min(high, max(low, round(median(short_sides) / 8) * 8)))
 
 
-def _decode_square(path: str, channels: int, size: int) -> torch.Tensor | str:
-    try:
-        return square_image(load_image(path, channels), size)
-    except Exception as err:  # unreadable: counted by the caller
-        return _reason(err)
-
-
-def _validate(path: str, channels: int) -> None | str:
-    try:
-        load_image(path, channels)
-    except Exception as err:  # unreadable: counted by the caller
-        return _reason(err)
-    return None
-
-
 def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     pixels = images[: min(len(images), 4096)].float().div_(255.0).transpose(0, 1).flatten(1)
     return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).clamp_min(1e-3).tolist())
@@ -240,7 +222,7 @@ def imagefolder(cfg: DataConfig) -> Splits:
     train, val, classes, layout = discover(root, cfg.val_fraction)
     samples = train + val
     unreadable = Unreadable(root, len(samples), cfg.strict)
-    headers = _parallel(_header, [path for path, _ in samples])
+    headers = _parallel(partial(_attempt, _header), [path for path, _ in samples])
     kept = unreadable.keep(samples, headers)
     headers = [headers[i] for i in kept]
     is_train = [i < len(train) for i in kept]
@@ -249,10 +231,11 @@ def imagefolder(cfg: DataConfig) -> Splits:
     size = parse_image_size(cfg.image_size) or (auto_size([h.short_side for h in headers]) if headers else 32)
     footprint_mb = len(samples) * channels * size * size / 2**20
     cache = cfg.cache == "ram" or (cfg.cache == "auto" and footprint_mb <= cfg.cache_max_mb)
-    if cache:
-        results = _parallel(lambda path: _decode_square(path, channels, size), [path for path, _ in samples])
-    else:
-        results = _parallel(lambda path: _validate(path, channels), [path for path, _ in samples])
+    if cache:  # keep each decoded image, squared to the run's size
+        read = lambda path: square_image(load_image(path, channels), size)  # noqa: E731
+    else:  # decode to validate; keep only the shape
+        read = lambda path: load_image(path, channels).shape  # noqa: E731
+    results = _parallel(partial(_attempt, read), [path for path, _ in samples])
     kept = unreadable.keep(samples, results)
     unreadable.report()
     parts = {part: [i for i in kept if is_train[i] == (part == "train")] for part in ("train", "val")}
