@@ -23,10 +23,10 @@ def schema(cfg: DictConfig) -> PretrainConfig:
 
 def run(cfg: DictConfig) -> dict[str, float | int]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = SSLDataModule(cfg.data, stage="pretrain")
+    method_cls = METHODS.get(cfg.method.name)
+    data = SSLDataModule(cfg.data, stage="pretrain", views=method_cls.view_specs(cfg.method))
     cfg.data = data.cfg
     record_config(cfg, "pretrain")
-    method_cls = METHODS.get(cfg.method.name)
     model = method_cls(OmegaConf.to_container(cfg, resolve=True), data.channels, data.image_size, data.num_classes)
     out = run_dir()
     throughput = Throughput()

@@ -19,7 +19,7 @@ from sslrun.config import DataConfig
 from sslrun.data import DATASETS
 from sslrun.data.batched_views import BatchedSimCLRViews
 from sslrun.data.recipes import parse_batched, parse_image_size, parse_workers, recipe_for, resolve_data
-from sslrun.data.views import check_views, eval_transform, finetune_view, two_views
+from sslrun.data.views import TWO_VIEWS, ViewSpec, check_views, eval_transform, finetune_view, multi_views
 from sslrun.errors import UserError
 
 STAGES = ("pretrain", "finetune")
@@ -126,18 +126,20 @@ def limit_splits(splits: Splits, limit: int | None) -> Splits:
 class SSLDataModule(pl.LightningDataModule):
     """Builds the dataset named by ``cfg.name`` right away, so a missing or unreadable dataset fails before training.
 
-    stage ``pretrain``: ``train_dataloader`` yields ((view1, view2), labels), two independent SimCLR views (B, C, S, S).
+    stage ``pretrain``: ``train_dataloader`` yields ((view1, view2, ...), labels), one view (B, C, s, s) per
+    ``ViewSpec`` of ``views`` (the method's; default two SimCLR views at S = image_size).
     With ``views.batched`` it yields (uint8 images (B, C, S, S), labels) instead, and ``on_after_batch_transfer``
-    (called by Lightning on the training device) or ``augment_batch`` turns that into the same ((view1, view2), labels).
+    (called by Lightning on the training device) or ``augment_batch`` turns that into the same (views, labels).
     stage ``finetune``: ``train_dataloader`` yields (images, labels) with light augmentation.
     ``eval_dataloaders`` yields (images, labels) of the train and val splits with the deterministic eval transform.
     """
 
-    def __init__(self, cfg: DataConfig, stage: str) -> None:
+    def __init__(self, cfg: DataConfig, stage: str, views: Sequence[ViewSpec] = TWO_VIEWS) -> None:
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.stage = stage
+        self.view_specs = tuple(views)
         self._generator: torch.Generator | None = None
         if cfg.batch_size < 1:
             raise UserError(f"data.batch_size={cfg.batch_size} must be a positive number of images")
@@ -188,13 +190,13 @@ class SSLDataModule(pl.LightningDataModule):
     @cached_property
     def _batched_views(self) -> BatchedSimCLRViews:
         s = self.splits
-        return BatchedSimCLRViews(self.cfg.views, self.image_size, s.mean, s.std)
+        return BatchedSimCLRViews(self.cfg.views, self.image_size, s.mean, s.std, self.view_specs)
 
     def augment_batch(
         self, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator | None = None
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor], Any]:
-        """(uint8 images (B, C, S, S), labels) -> ((view1, view2), labels), views float (B, C, S, S) normalised, made
-        on the images' device; for loops outside Lightning over a ``batched`` pretraining loader."""
+    ) -> tuple[tuple[torch.Tensor, ...], Any]:
+        """(uint8 images (B, C, S, S), labels) -> ((view1, view2, ...), labels), views float (B, C, s, s)
+        normalised, made on the images' device; for loops outside Lightning over a ``batched`` pretraining loader."""
         images, labels = batch
         return self._batched_views(images, generator), labels
 
@@ -217,7 +219,7 @@ class SSLDataModule(pl.LightningDataModule):
             source = Transformed(self._train_source, partial(square_image, size=self.image_size))
             return self._loader(source, shuffle=True, drop_last=True)
         if self.stage == "pretrain":
-            transform = two_views(self.cfg.views, self.image_size, s.channels, s.mean, s.std)
+            transform = multi_views(self.cfg.views, self.image_size, s.channels, s.mean, s.std, self.view_specs)
         else:
             transform = finetune_view(self.cfg.views, self.image_size, s.mean, s.std)
         # Full batches only: an uneven last batch stalls DDP and breaks batch statistics.

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sslrun.config import ViewsConfig
+from sslrun.data.views import TWO_VIEWS, ResolvedView, ViewSpec
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_ATTEMPTS = 10
@@ -40,6 +41,7 @@ class ViewParams:
     gray: torch.Tensor  # (B,) bool
     blur: torch.Tensor  # (B,) bool
     sigma: torch.Tensor  # (B,) float32
+    solarize: torch.Tensor | None = None  # (B,) bool; None: no solarization
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -90,10 +92,14 @@ def sample_view_params(
     width: int,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    view: ResolvedView | None = None,
 ) -> ViewParams:
     """Parameters of n independent views of (channels, height, width) images; ops the recipe leaves out (grayscale
-    and the colour ops on one channel, blur at blur_p=0, jitter at strength 0) are never switched on."""
+    and the colour ops on one channel, blur at blur_p=0, jitter at strength 0) are never switched on. ``view`` (a
+    method's ``ViewSpec`` resolved) sets the crop scale, blur and solarization; None: the recipe's two-view values."""
     device = torch.device(device)
+    scale = (cfg.crop_min_scale, 1.0) if view is None else view.scale
+    blur_p = cfg.blur_p if view is None else view.blur_p
 
     def coin(p: float) -> torch.Tensor:
         return torch.rand(n, generator=generator, device=device) < p
@@ -101,14 +107,15 @@ def sample_view_params(
     s = cfg.jitter_strength
     ranges = [(max(0.0, 1 - 0.8 * s), 1 + 0.8 * s)] * 3 + [(-0.2 * s, 0.2 * s)]
     return ViewParams(
-        boxes=sample_crop_boxes(n, height, width, (cfg.crop_min_scale, 1.0), generator, device),
+        boxes=sample_crop_boxes(n, height, width, scale, generator, device),
         flip=coin(cfg.flip_p),
         jitter=coin(cfg.jitter_p if s > 0 else 0.0),
         factors=torch.stack([_uniform(n, lo, hi, generator, device) for lo, hi in ranges], dim=1),
         order=torch.rand(n, 4, generator=generator, device=device).argsort(dim=1),
         gray=coin(cfg.grayscale_p if channels == 3 else 0.0),
-        blur=coin(cfg.blur_p),
+        blur=coin(blur_p),
         sigma=_uniform(n, *SIGMA, generator, device),
+        solarize=coin(view.solarize_p) if view is not None and view.solarize_p > 0 else None,
     )
 
 
@@ -213,27 +220,41 @@ def apply_view_params(images: torch.Tensor, params: ViewParams, size: int, blur_
     index = params.blur.nonzero().squeeze(1)
     if len(index):
         out[index] = gaussian_blur(out[index], params.sigma[index], blur_kernel)
+    if params.solarize is not None:
+        out = torch.where(params.solarize.view(-1, 1, 1, 1) & (out >= 0.5), 1.0 - out, out)
     return out
 
 
 class BatchedSimCLRViews:
-    """uint8 (B, C, H, W) -> two independent SimCLR views, each float (B, C, image_size, image_size), normalised, on
-    the images' device. Randomness comes from ``generator`` (on that device) or else the global RNG."""
+    """uint8 (B, C, H, W) -> one view per ``ViewSpec`` (default: two SimCLR views), each float (B, C, size, size),
+    normalised, on the images' device. Equal specs are made together in one pass over a repeated batch. Randomness
+    comes from ``generator`` (on that device) or else the global RNG."""
 
-    def __init__(self, cfg: ViewsConfig, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        cfg: ViewsConfig,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        specs: Sequence[ViewSpec] = TWO_VIEWS,
+    ) -> None:
         self.cfg = cfg
         self.image_size = image_size
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.specs = tuple(specs)
 
-    def __call__(
-        self, images: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         n, c, height, width = images.shape
-        pixels = images.float().div_(255).repeat(2, 1, 1, 1)
-        params = sample_view_params(self.cfg, 2 * n, c, height, width, generator, images.device)
-        views = apply_view_params(pixels, params, self.image_size, blur_kernel_size(self.image_size))
+        pixels = images.float().div_(255)
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        view1, view2 = views.sub_(mean).div_(std).chunk(2)
-        return view1, view2
+        out: list[torch.Tensor | None] = [None] * len(self.specs)
+        for spec in dict.fromkeys(self.specs):  # distinct specs, in order of first use
+            slots = [i for i, s in enumerate(self.specs) if s == spec]
+            view = spec.resolve(self.cfg, self.image_size)
+            params = sample_view_params(self.cfg, len(slots) * n, c, height, width, generator, images.device, view)
+            made = apply_view_params(pixels.repeat(len(slots), 1, 1, 1), params, view.size, blur_kernel_size(view.size))
+            for slot, chunk in zip(slots, made.sub_(mean).div_(std).chunk(len(slots)), strict=True):
+                out[slot] = chunk
+        return tuple(out)

@@ -9,6 +9,7 @@ it run on float, which skips their uint8 round trips (about 15% faster per view 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -18,6 +19,54 @@ from sslrun.config import ViewsConfig
 from sslrun.errors import UserError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view a method asks for, relative to the data's recipe (``data.views``).
+
+    ``size``: a fraction of ``data.image_size`` (multi-crop's local crops are smaller). ``scale``: the crop's area
+    range; None: (``data.views.crop_min_scale``, 1). ``blur_p``: None is the recipe's; a value (BYOL's asymmetric
+    1.0 / 0.1) applies only where the recipe blurs at all: the small-image recipe does not (a blur wipes out a 32 px
+    crop), as LightlySSL's CIFAR-10 benchmark also turns BYOL's blur off. ``solarize_p``: solarization (pixels
+    >= 0.5 inverted) after the other steps."""
+
+    size: float = 1.0
+    scale: tuple[float, float] | None = None
+    blur_p: float | None = None
+    solarize_p: float = 0.0
+
+    def resolve(self, cfg: ViewsConfig, image_size: int) -> ResolvedView:
+        size = image_size if self.size == 1.0 else max(8, round(image_size * self.size))
+        scale = (cfg.crop_min_scale, 1.0) if self.scale is None else tuple(self.scale)
+        blur = cfg.blur_p if self.blur_p is None or cfg.blur_p == 0 else self.blur_p
+        return ResolvedView(size, scale, blur, self.solarize_p)
+
+
+@dataclass(frozen=True)
+class ResolvedView:
+    """A ``ViewSpec`` made concrete for one dataset: size in pixels, crop scale, blur and solarize probabilities."""
+
+    size: int
+    scale: tuple[float, float]
+    blur_p: float
+    solarize_p: float
+
+
+TWO_VIEWS = (ViewSpec(), ViewSpec())
+"""SimCLR, MoCo, SimSiam, Barlow Twins, VICReg, NNCLR: two views drawn from the same recipe."""
+
+
+def multi_crop(
+    local_crops: int,
+    global_scale: tuple[float, float],
+    local_scale: tuple[float, float],
+    local_size: float = 96 / 224,
+) -> tuple[ViewSpec, ...]:
+    """SwAV/DINO's multi-crop (Caron et al. 2020): two global views and ``local_crops`` smaller ones, sized
+    ``local_size`` x ``data.image_size`` (96/224 as at ImageNet scale), from smaller crops of the image."""
+    local = ViewSpec(size=local_size, scale=tuple(local_scale))
+    return (ViewSpec(scale=tuple(global_scale)),) * 2 + (local,) * local_crops
 
 
 def check_views(cfg: ViewsConfig) -> None:
@@ -40,11 +89,19 @@ def _to_normalized_float(mean: Sequence[float], std: Sequence[float]) -> list[v2
 
 
 def simclr_view(
-    cfg: ViewsConfig, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]
+    cfg: ViewsConfig,
+    image_size: int,
+    channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    spec: ViewSpec = ViewSpec(),
 ) -> v2.Compose:
-    """One random SimCLR view: uint8 (C, H, W) of any size -> float (C, image_size, image_size), normalised."""
+    """One random SimCLR view: uint8 (C, H, W) of any size -> float (C, size, size), normalised; size, crop scale,
+    blur and solarization as ``spec`` resolves them against the recipe (default: the recipe's view at image_size)."""
+    view = spec.resolve(cfg, image_size)
+    image_size = view.size
     steps: list[v2.Transform] = [
-        v2.RandomResizedCrop(image_size, scale=(cfg.crop_min_scale, 1.0), antialias=True),
+        v2.RandomResizedCrop(image_size, scale=view.scale, antialias=True),
         v2.ToDtype(torch.float32, scale=True),
     ]
     if cfg.flip_p > 0:
@@ -58,21 +115,35 @@ def simclr_view(
         steps.append(v2.RandomApply([jitter], p=cfg.jitter_p))
     if channels == 3 and cfg.grayscale_p > 0:
         steps.append(v2.RandomGrayscale(cfg.grayscale_p))
-    if cfg.blur_p > 0:
+    if view.blur_p > 0:
         kernel = int(0.1 * image_size) // 2 * 2 + 1
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=cfg.blur_p))
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=view.blur_p))
+    if view.solarize_p > 0:
+        steps.append(v2.RandomSolarize(0.5, p=view.solarize_p))
     return v2.Compose([*steps, v2.Normalize(list(mean), list(std))])
 
 
-def _apply_twice(view: Transform, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return view(image), view(image)
+def _apply_each(views: Sequence[Transform], image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(view(image) for view in views)
+
+
+def multi_views(
+    cfg: ViewsConfig,
+    image_size: int,
+    channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    specs: Sequence[ViewSpec] = TWO_VIEWS,
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """uint8 (C, H, W) -> one independent view per spec, each float (C, size, size). Picklable."""
+    return partial(_apply_each, [simclr_view(cfg, image_size, channels, mean, std, spec) for spec in specs])
 
 
 def two_views(
     cfg: ViewsConfig, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]
-) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
     """uint8 (C, H, W) -> two independent SimCLR views, each float (C, image_size, image_size). Picklable."""
-    return partial(_apply_twice, simclr_view(cfg, image_size, channels, mean, std))
+    return multi_views(cfg, image_size, channels, mean, std, TWO_VIEWS)
 
 
 def finetune_view(cfg: ViewsConfig, image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:

@@ -4,6 +4,17 @@ from sslrun.registry import Registry
 
 METHODS = Registry("method")
 
-from sslrun.methods import contrastive  # noqa: E402,F401  (registration side effects)
+from sslrun.methods import (  # noqa: E402,F401  (registration side effects)
+    barlow_twins,
+    byol,
+    contrastive,
+    dino,
+    moco_v2,
+    moco_v3,
+    nnclr,
+    simsiam,
+    swav,
+    vicreg,
+)
 
 __all__ = ["METHODS"]

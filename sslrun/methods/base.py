@@ -1,19 +1,27 @@
-"""Plumbing shared by every SSL method: backbone, online probe, channels_last, optimizer and schedule, gathering.
+"""Plumbing shared by every SSL method: backbone, online probe, channels_last, optimizer and schedule, gathering,
+EMA teacher updates and step counts.
 
-A method subclasses ``SSLMethod``, sets ``Config`` to its schema and implements ``ssl_step``.
+A method subclasses ``SSLMethod``, sets ``Config`` to its schema, declares the views it needs (``view_specs``) and
+implements ``ssl_step`` over them; a method with EMA teachers lists its (student, teacher) pairs in
+``momentum_pairs`` and has ``momentum_base`` / ``momentum_final`` in its config.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from sslrun.backbones import BACKBONES
 from sslrun.callbacks.online_probe import OnlineLinearProbe
 from sslrun.config import MethodConfig
+from sslrun.data.views import TWO_VIEWS, ViewSpec
+from sslrun.methods.momentum import cosine_momentum, ema_update
 from sslrun.optim import lightning_optimizers, param_groups
 
 
@@ -29,10 +37,34 @@ class SSLMethod(pl.LightningModule):
         # No labels (an unlabelled image folder): no probe; the kNN monitor reports label-free signals instead.
         self.probe = OnlineLinearProbe(self.backbone.feature_dim, num_classes) if num_classes > 0 else None
         self.channels_last = bool(self.cfg.trainer.channels_last)
+        self._momentum_step = -1
 
-    def ssl_step(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views (B, C, H, W) -> (SSL loss, backbone features of ``view1`` (B, D) for the online probe)."""
+    @classmethod
+    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
+        """The views this method trains on, in the order ``ssl_step`` receives them (default: two SimCLR views)."""
+        return TWO_VIEWS
+
+    def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One (B, C, s, s) batch per view spec -> (SSL loss, backbone features (B, D) of ``views[0]`` for the
+        online probe, which detaches them)."""
         raise NotImplementedError
+
+    def backbone_views(self, views: list[torch.Tensor], backbone: nn.Module | None = None) -> torch.Tensor:
+        """Features (sum of B_v, D) of every view in order, one backbone pass per run of same-size views (multi-crop
+        has two sizes); ``backbone`` defaults to the student's."""
+        backbone = self.backbone if backbone is None else backbone
+        out, start = [], 0
+        while start < len(views):
+            end = start + 1
+            while end < len(views) and views[end].shape[1:] == views[start].shape[1:]:
+                end += 1
+            out.append(backbone(torch.cat(views[start:end])))
+            start = end
+        return torch.cat(out)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(student, teacher) module pairs updated by EMA after every optimizer step; none by default."""
+        return []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
@@ -42,11 +74,10 @@ class SSLMethod(pl.LightningModule):
             self.to(memory_format=torch.channels_last)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        (view1, view2), labels = batch
+        views, labels = batch
         if self.channels_last:
-            view1 = view1.contiguous(memory_format=torch.channels_last)
-            view2 = view2.contiguous(memory_format=torch.channels_last)
-        loss, feats = self.ssl_step(view1, view2)
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        loss, feats = self.ssl_step(list(views))
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         if self.probe is None:
@@ -55,13 +86,52 @@ class SSLMethod(pl.LightningModule):
         self.log("probe_train_acc", probe_acc, on_step=False, on_epoch=True, sync_dist=True)
         return loss + probe_loss
 
+    @property
+    def world_size(self) -> int:
+        return 1 if self._trainer is None else self.trainer.world_size
+
+    @property
+    def rank(self) -> int:
+        return 0 if self._trainer is None else self.trainer.global_rank
+
     def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, ...) per rank -> (world_size * n, ...) in rank order, gradients flowing back to every rank."""
-        if self._trainer is None or self.trainer.world_size == 1:
+        """(n, ...) per rank -> (world_size * n, ...) in rank order, gradients flowing back to every rank (the
+        backward sums the ranks' gradients, which DDP's gradient mean then divides back: a loss computed alike on
+        every rank from gathered tensors gets exactly the single-process gradient)."""
+        if self.world_size == 1:
             return x
         return self.all_gather(x, sync_grads=True).flatten(0, 1)
 
+    def total_steps(self) -> int:
+        """Optimizer steps in the whole run (``max_steps``, epochs and gradient accumulation counted)."""
+        return 1 if self._trainer is None else max(1, int(self.trainer.estimated_stepping_batches))
+
+    def epochs_to_steps(self, epochs: float) -> int:
+        """``epochs`` of training in optimizer steps, at most 10% of the run (so a short run is not all warmup)."""
+        if self._trainer is None:
+            return 0
+        batches = self.trainer.num_training_batches
+        per_epoch = 1 if batches == float("inf") else max(1, int(batches) // self.trainer.accumulate_grad_batches)
+        return min(math.ceil(epochs * per_epoch), int(0.1 * self.total_steps()))
+
+    def on_train_start(self) -> None:
+        self._momentum_step = self.trainer.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """EMA teachers follow their students after each optimizer step (not after an accumulation-only batch)."""
+        pairs = self.momentum_pairs()
+        step = self.trainer.global_step
+        if not pairs or step == self._momentum_step:
+            return
+        self._momentum_step = step
+        m = self.cfg.method
+        momentum = cosine_momentum(step - 1, self.total_steps(), m.momentum_base, m.momentum_final)
+        for student, teacher in pairs:
+            ema_update(student, teacher, momentum)
+        self.log("momentum", momentum, on_step=True, on_epoch=False)
+
     def configure_optimizers(self):
+        # Teachers have requires_grad=False, so param_groups leaves them out of the optimizer.
         ssl_params = torch.nn.ModuleList(m for name, m in self.named_children() if name != "probe")
         groups = param_groups(ssl_params, self.cfg.optim)
         if self.probe is not None:

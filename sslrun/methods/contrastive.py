@@ -39,14 +39,14 @@ class Contrastive(SSLMethod):
         chosen = resolve_backend(self.cfg.method.loss_backend, self.device)
         log.info("contrastive loss backend: %s (requested %s)", chosen, self.cfg.method.loss_backend)
 
-    def ssl_step(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = view1.shape[0]
-        feats = self.backbone(torch.cat([view1, view2]))
+    def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = views[0].shape[0]
+        feats = self.backbone_views(views)
         z1, z2 = self.projector(feats).float().split(n)
         m = self.cfg.method
-        if m.gather and self._trainer is not None and self.trainer.world_size > 1:
+        if m.gather and self.world_size > 1:
             z1, z2 = self.gather(z1), self.gather(z2)
-            loss = nt_xent(z1, z2, m.temperature, m.loss_backend, row_offset=self.global_rank * n, rows=n)
+            loss = nt_xent(z1, z2, m.temperature, m.loss_backend, row_offset=self.rank * n, rows=n)
         else:
             loss = nt_xent(z1, z2, m.temperature, m.loss_backend)
         return loss, feats[:n]

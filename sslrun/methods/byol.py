@@ -1,0 +1,60 @@
+"""BYOL (Grill et al. 2020, arXiv 2006.07733): an online network (backbone, projector, predictor) predicts the
+projection of the other view made by an EMA target network; loss 2 - 2 cos(p, z_target), symmetrised (summed over
+the two directions, as the paper and solo-learn). No negatives, so nothing is gathered: each row's loss is its own.
+
+Views: BYOL's asymmetric pair (blur 1.0 / 0.1, solarize 0 / 0.2); on the small-image recipe, which does not blur,
+only the solarization differs. Defaults scaled for small images and short runs: projector 512 -> 128, predictor
+512 -> 128 (solo-learn 4096 -> 256); momentum 0.99 -> 1 cosine over the run's optimizer steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sslrun.data.views import ViewSpec
+from sslrun.losses import byol
+from sslrun.methods import METHODS
+from sslrun.methods.base import SSLMethod
+from sslrun.methods.heads import projection_mlp
+from sslrun.methods.momentum import MomentumConfig, frozen_copy
+
+BYOL_VIEWS = (ViewSpec(blur_p=1.0, solarize_p=0.0), ViewSpec(blur_p=0.1, solarize_p=0.2))
+
+
+@dataclass
+class BYOLConfig(MomentumConfig):
+    pred_hidden_dim: int = 512
+
+
+@METHODS.register("byol")
+class BYOL(SSLMethod):
+    """BYOL: predict the EMA target's projection of the other view"""
+
+    Config = BYOLConfig
+
+    @classmethod
+    def view_specs(cls, method_cfg):
+        return BYOL_VIEWS
+
+    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__(cfg, in_channels, image_size, num_classes)
+        m = self.cfg.method
+        self.projector = projection_mlp(self.backbone.feature_dim, m.proj_hidden_dim, m.proj_output_dim)
+        self.predictor = projection_mlp(m.proj_output_dim, m.pred_hidden_dim, m.proj_output_dim)
+        self.teacher_backbone = frozen_copy(self.backbone)
+        self.teacher_projector = frozen_copy(self.projector)
+
+    def momentum_pairs(self):
+        return [(self.backbone, self.teacher_backbone), (self.projector, self.teacher_projector)]
+
+    def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = views[0].shape[0]
+        feats = self.backbone_views(views[:2])
+        p1, p2 = self.predictor(self.projector(feats)).split(n)
+        with torch.no_grad():
+            z1, z2 = self.teacher_projector(self.backbone_views(views[:2], self.teacher_backbone)).split(n)
+        self.log("z_std", F.normalize(z1.float(), dim=1).std(dim=0).mean(), on_step=True, on_epoch=False)
+        return byol(p1, z2) + byol(p2, z1), feats[:n]

@@ -1,0 +1,60 @@
+"""MoCo v2 (He et al. 2020, arXiv 1911.05722; Chen et al. 2020, arXiv 2003.04297): a query encoder, a momentum
+(EMA) key encoder and a queue of past keys as negatives; MLP projection head. Symmetrised as in solo-learn's
+``mocov2plus``: each view is a query against the other's key, and both keys are enqueued after both halves of the
+loss (enqueueing between them would score view 2's queries against their own keys).
+
+Defaults, scaled for small images and short runs: queue 4096 (the official CIFAR demo's, which saturates there),
+temperature 0.2, momentum 0.99 -> 0.999 cosine (solo-learn); projector 512 -> 128 for the small backbones. Under DDP
+the keys are gathered from every rank before they are enqueued, so every rank holds the single-process queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sslrun.losses import moco
+from sslrun.methods import METHODS
+from sslrun.methods.base import SSLMethod
+from sslrun.methods.heads import projection_mlp
+from sslrun.methods.momentum import MomentumConfig, frozen_copy
+from sslrun.methods.queue import FeatureQueue
+
+
+@dataclass
+class MoCoV2Config(MomentumConfig):
+    temperature: float = 0.2
+    queue_size: int = 4096
+    momentum_base: float = 0.99
+    momentum_final: float = 0.999
+
+
+@METHODS.register("moco_v2")
+class MoCoV2(SSLMethod):
+    """MoCo v2: InfoNCE against a queue of momentum-encoder keys"""
+
+    Config = MoCoV2Config
+
+    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__(cfg, in_channels, image_size, num_classes)
+        m = self.cfg.method
+        self.projector = projection_mlp(self.backbone.feature_dim, m.proj_hidden_dim, m.proj_output_dim)
+        self.teacher_backbone = frozen_copy(self.backbone)
+        self.teacher_projector = frozen_copy(self.projector)
+        self.queue = FeatureQueue(m.queue_size, m.proj_output_dim)
+
+    def momentum_pairs(self):
+        return [(self.backbone, self.teacher_backbone), (self.projector, self.teacher_projector)]
+
+    def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = views[0].shape[0]
+        feats = self.backbone_views(views[:2])
+        q1, q2 = self.projector(feats).split(n)
+        with torch.no_grad():
+            k1, k2 = self.teacher_projector(self.backbone_views(views[:2], self.teacher_backbone)).float().split(n)
+        t = self.cfg.method.temperature
+        queue = self.queue.features.clone()
+        loss = (moco(q1, k2, queue, t) + moco(q2, k1, queue, t)) / 2
+        self.queue.push(self.gather(torch.nn.functional.normalize(torch.cat([k1, k2]), dim=1)))
+        return loss, feats[:n]
