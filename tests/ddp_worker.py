@@ -2,32 +2,42 @@
 the resulting parameters and the loss; tests/test_ddp.py compares world size 1 against 2."""
 
 import argparse
+import os
 
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from sslrun.config import validate
+from sslrun.data.recipes import recipe_views
 from sslrun.methods import METHODS
 from sslrun.pretrain import schema
 
 GLOBAL_BATCH = 16
+IMAGE_SIZE = 16
 
 
 class FixedViews(Dataset):
-    def __init__(self) -> None:
+    """One fixed view per spec the method asks for (multi-crop's local views at their smaller size): the base
+    images resized to the view's size, plus noise."""
+
+    def __init__(self, specs) -> None:
         g = torch.Generator().manual_seed(0)
-        self.v1 = torch.randn(GLOBAL_BATCH, 1, 8, 8, generator=g)
-        self.v2 = self.v1 + 0.5 * torch.randn(GLOBAL_BATCH, 1, 8, 8, generator=g)
+        base = torch.randn(GLOBAL_BATCH, 1, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+        self.views = []
+        for spec in specs:
+            size = spec.resolve(recipe_views(), IMAGE_SIZE).size
+            view = torch.nn.functional.interpolate(base, size=size, mode="bilinear", align_corners=False)
+            self.views.append(view + 0.5 * torch.randn(view.shape, generator=g))
         self.y = torch.arange(GLOBAL_BATCH) % 10
 
     def __len__(self) -> int:
         return GLOBAL_BATCH
 
     def __getitem__(self, i: int):
-        return (self.v1[i], self.v2[i]), self.y[i]
+        return tuple(v[i] for v in self.views), self.y[i]
 
 
 def without_batchnorm(module: torch.nn.Module) -> None:
@@ -62,7 +72,8 @@ def main() -> None:
         cfg = compose("pretrain", overrides=overrides)
     cfg = OmegaConf.to_container(validate(cfg, schema(cfg)), resolve=True)
     pl.seed_everything(0, verbose=False)
-    model = METHODS.get(args.method)(cfg, in_channels=1, image_size=8, num_classes=10)
+    method = METHODS.get(args.method)
+    model = method(cfg, in_channels=1, image_size=IMAGE_SIZE, num_classes=10)
     # SyncBatchNorm needs GPUs; without it per-rank batch statistics differ from the single-process ones by design,
     # so batch norm is taken out to compare the gather, the loss and the gradient reduction alone.
     without_batchnorm(model)
@@ -83,12 +94,19 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[RecordLoss()],
+        use_distributed_sampler=False,
     )
-    loader = DataLoader(FixedViews(), batch_size=GLOBAL_BATCH // args.devices, shuffle=False)
+    # Rank r takes the contiguous block r of the global batch (Lightning's DistributedSampler would interleave the
+    # rows), so a gathered batch has the single-process row order and queues can be compared row by row.
+    views = FixedViews(method.view_specs(OmegaConf.create(cfg["method"])))
+    per_rank = GLOBAL_BATCH // args.devices
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    loader = DataLoader(Subset(views, range(rank * per_rank, (rank + 1) * per_rank)), batch_size=per_rank)
     trainer.fit(model, train_dataloaders=loader)
-    if trainer.is_global_zero:
-        params = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        torch.save({"loss": losses[0], "init": init, "params": params}, args.out)
+    # Every rank saves its state: buffers such as queues must be equal on all ranks, not only on rank 0.
+    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out = args.out if trainer.is_global_zero else f"{args.out}.rank{trainer.global_rank}"
+    torch.save({"loss": losses[0], "init": init, "params": params}, out)
 
 
 if __name__ == "__main__":

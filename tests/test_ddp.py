@@ -1,6 +1,6 @@
-"""Same global batch, world size 1 vs 2 (Lightning DDP on CPU, gloo): equal loss and equal parameters after one
-SGD step, i.e. equal gradients on every parameter. Catches missing gathers, wrong positives or self-masks on
-rank 1 and gradients scaled by 1/world_size."""
+"""Same global batch, world size 1 vs 2 (Lightning DDP on CPU, gloo), for every method: equal loss and equal
+parameters after one SGD step, i.e. equal gradients on every parameter. Catches missing gathers, wrong positives
+or self-masks on rank 1 and gradients scaled by 1/world_size."""
 
 import subprocess
 import sys
@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from sslrun.methods import METHODS
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -28,15 +30,35 @@ def run_worker(tmp_path: Path, method: str, devices: int, backend: str) -> dict:
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(out, weights_only=True)
+    result = torch.load(out, weights_only=True)
+    result["ranks"] = [result] + [torch.load(f"{out}.rank{rank}", weights_only=True) for rank in range(1, devices)]
+    return result
+
+
+def assert_same_step(single: dict, double: dict) -> None:
+    assert double["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    for rank, state in enumerate(double["ranks"]):
+        for name, after_single in single["params"].items():
+            torch.testing.assert_close(
+                state["params"][name],
+                after_single,
+                rtol=1e-4,
+                atol=1e-6,
+                msg=lambda m, k=name, r=rank: f"{k} rank {r}: {m}",
+            )
+    for name, after_single in single["params"].items():
+        assert not torch.equal(after_single, single["init"][name]), f"{name} did not move: the comparison means nothing"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["chunked", "naive"])
 def test_contrastive_ddp_equals_single_process(tmp_path, backend):
-    single = run_worker(tmp_path, "contrastive", 1, backend)
-    double = run_worker(tmp_path, "contrastive", 2, backend)
-    assert double["loss"] == pytest.approx(single["loss"], rel=1e-5)
-    for name, after_single in single["params"].items():
-        torch.testing.assert_close(double["params"][name], after_single, rtol=1e-4, atol=1e-6, msg=name)
-        assert not torch.equal(after_single, single["init"][name]), f"{name} did not move: the comparison means nothing"
+    assert_same_step(run_worker(tmp_path, "contrastive", 1, backend), run_worker(tmp_path, "contrastive", 2, backend))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [name for name in METHODS.names() if name != "contrastive"])
+def test_method_ddp_equals_single_process(tmp_path, method):
+    """Every parameter and buffer (teachers after their EMA step, queues after their enqueue, DINO's centre) is the
+    single-process one on both ranks: a queue that enqueued only its rank's keys would differ on rank 1."""
+    assert_same_step(run_worker(tmp_path, method, 1, "naive"), run_worker(tmp_path, method, 2, "naive"))

@@ -9,6 +9,8 @@ single-process gradient. Sinkhorn is the exception: it normalises over the globa
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -70,33 +72,34 @@ def vicreg(
     return sim_weight * invariance + var_weight * variance + cov_weight * covariance
 
 
+def _global_logsumexp(x: Tensor, dim: int | None, world: int) -> Tensor:
+    """logsumexp of ``x`` over ``dim`` (None: all entries), the entries of every rank included when world > 1."""
+    top = (x.max() if dim is None else x.max(dim=dim, keepdim=True).values).clone()
+    if world > 1:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = (x - top).exp().sum() if dim is None else (x - top).exp().sum(dim=dim, keepdim=True)
+    if world > 1:
+        dist.all_reduce(total)
+    return top + total.log()
+
+
 @torch.no_grad()
 def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3, distributed: bool = False) -> Tensor:
     """SwAV's Sinkhorn-Knopp (Caron et al. 2020, arXiv 2006.09882, ``distributed_sinkhorn``): scores (B, K) ->
     codes (B, K), each row summing to 1, the K prototypes given equal mass over the batch. With ``distributed`` the
-    sums run over the global batch (all-reduced; B = local rows x world size). Scores are shifted by their (global)
-    maximum before the exp, which the normalisations cancel, so large scores or a small epsilon cannot overflow."""
-    scores = scores.float()
-    top = scores.max()
-    world = 1
-    if distributed and dist.is_available() and dist.is_initialized():
-        world = dist.get_world_size()
-        dist.all_reduce(top, op=dist.ReduceOp.MAX)
-    q = torch.exp((scores - top) / epsilon).T  # (K, B)
-    k, b = q.shape[0], q.shape[1] * world
+    sums over the batch run over the global batch (all-reduced; B = local rows x world size).
 
-    def total(x: Tensor) -> Tensor:
-        if world > 1:
-            dist.all_reduce(x)
-        return x
-
-    q /= total(q.sum())
+    The official arithmetic, Q = exp(scores / epsilon) normalised in turn over prototypes and samples, carried out on
+    log Q: the same codes, but a wide score range or a small epsilon cannot underflow a whole row to 0 (0 / 0)."""
+    world = dist.get_world_size() if distributed and dist.is_available() and dist.is_initialized() else 1
+    log_q = scores.double().T / epsilon  # (K, B)
+    k, b = log_q.shape[0], log_q.shape[1] * world
+    log_q = log_q - _global_logsumexp(log_q, None, world)
     for _ in range(iterations):
-        q /= total(q.sum(dim=1, keepdim=True))
-        q /= k
-        q /= q.sum(dim=0, keepdim=True)
-        q /= b
-    return (q * b).T
+        log_q = log_q - _global_logsumexp(log_q, 1, world) - math.log(k)  # each prototype: total mass 1/K
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(b)  # each sample: mass 1/B
+    return (log_q + math.log(b)).exp().T.to(scores.dtype if scores.is_floating_point() else torch.float32)
 
 
 def swav(scores: list[Tensor], codes: list[Tensor], temperature: float = 0.1) -> Tensor:

@@ -37,7 +37,7 @@ class BarlowTwins(SSLMethod):
     def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
         super().__init__(cfg, in_channels, image_size, num_classes)
         m = self.cfg.method
-        self.projector = mlp(self.backbone.feature_dim, m.proj_hidden_dim, m.proj_output_dim, layers=3)
+        self.projector = mlp(self.backbone.feature_dim, m.proj_hidden_dim, m.proj_output_dim, layers=3, last_bias=False)
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         n = views[0].shape[0]

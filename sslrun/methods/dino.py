@@ -5,10 +5,10 @@ teacher sees the 2 global crops, the student all of them.
 The centre is an EMA (0.9) of the teacher's mean output over the global batch: the batch sum is all-reduced under
 DDP. The student's last layer is frozen during the first ``freeze_last_layer_epochs`` (capped at 10% of the run),
 the teacher's never (LightlySSL #1596 froze the wrong one). Defaults scaled for small images and short runs: head
-512 hidden, 128 bottleneck (``proj_output_dim``), 2048 outputs (official 2048 / 256 / 65536; solo-learn CIFAR 4096 outputs), student /
-teacher temperatures 0.1 / 0.04, momentum 0.99 -> 1 (official 0.996 for 100-epoch ImageNet runs; a run of a few
-hundred steps needs a faster teacher), 2 global + 2 local crops. Not taken: the weight-decay schedule 0.04 -> 0.4 and
-gradient clipping at 3 (the run's optimizer and ``trainer.gradient_clip_val`` apply).
+512 hidden, 128 bottleneck (``proj_output_dim``), 2048 outputs (official 2048 / 256 / 65536; solo-learn CIFAR 4096
+outputs), student / teacher temperatures 0.1 / 0.04, momentum 0.99 -> 1 (official 0.996 for 100-epoch ImageNet
+runs; a run of a few hundred steps needs a faster teacher), 2 global + 2 local crops. Not taken: the weight-decay
+schedule 0.04 -> 0.4 and gradient clipping at 3 (the run's optimizer and ``trainer.gradient_clip_val`` apply).
 """
 
 from __future__ import annotations

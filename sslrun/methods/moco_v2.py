@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from sslrun.losses import moco
 from sslrun.methods import METHODS
@@ -56,5 +57,5 @@ class MoCoV2(SSLMethod):
         t = self.cfg.method.temperature
         queue = self.queue.features.clone()
         loss = (moco(q1, k2, queue, t) + moco(q2, k1, queue, t)) / 2
-        self.queue.push(self.gather(torch.nn.functional.normalize(torch.cat([k1, k2]), dim=1)))
+        self.queue.push(F.normalize(torch.cat([self.gather(k1), self.gather(k2)]), dim=1))
         return loss, feats[:n]
