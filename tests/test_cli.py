@@ -132,7 +132,7 @@ def test_cfg_job_and_list_and_help(tmp_path):
     assert_user_error(sslrun("pretrain", "--cfg", "job", "optim.lrr=0.7", cwd=tmp_path), "unknown key 'optim.lrr'")
     listing = sslrun("list", cwd=tmp_path)
     assert listing.returncode == 0
-    for name in ("contrastive", "resnet18", "digits", "imagefolder", "lars", "chunked"):
+    for name in ("contrastive", "moco_v2", "dino", "nnclr", "resnet18", "digits", "imagefolder", "lars", "chunked"):
         assert name in listing.stdout
     top = sslrun("--help", cwd=tmp_path)
     assert top.returncode == 0 and "pretrain" in top.stdout and "finetune" in top.stdout
@@ -199,3 +199,60 @@ def test_pretrain_on_a_folder_without_a_train_val_split(tmp_path, layout):
         assert "knn_top1" not in metrics and "kNN and the online probe are skipped" in log
         tune = sslrun("finetune", f"pretrained={run}", "data=imagefolder", f"data.root={root}", *TINY[3:], cwd=tmp_path)
         assert_user_error(tune, "sslrun finetune needs labels", str(root))
+
+
+@pytest.mark.slow
+def test_every_method_pretrains_finetunes_and_exports_through_the_cli(tmp_path):
+    """Every registered method through the real CLI, on the default data and on an image folder (one multirun
+    each), then ``sslrun finetune`` and ``sslrun export`` from every digits checkpoint (one multirun each)."""
+    from sslrun.methods import METHODS
+
+    names = METHODS.names()
+    root = tmp_path / "images"
+    for label in ("a", "b"):
+        write_images(root / label, 20, gray=False)
+    sweeps = {
+        "digits": [*TINY],
+        "folder": ["data=imagefolder", f"data.root={root}", "data.batch_size=8", *TINY[3:]],
+    }
+    for data, args in sweeps.items():
+        sweep = tmp_path / data
+        proc = sslrun(
+            "pretrain",
+            "-m",
+            f"method={','.join(names)}",
+            *args,
+            "trainer.max_steps=2",
+            f"hydra.sweep.dir={sweep}",
+            "hydra.sweep.subdir=${method.name}",
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        for name in names:
+            metrics = json.loads((sweep / name / "metrics.json").read_text())
+            assert metrics["steps"] == 2 and metrics["train_loss"] == metrics["train_loss"], (data, name, metrics)
+    runs = ",".join(str(tmp_path / "digits" / name) for name in names)
+    tune = sslrun(
+        "finetune",
+        "-m",
+        f"pretrained={runs}",
+        *TINY,
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={tmp_path / 'tune'}",
+        cwd=tmp_path,
+    )
+    assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
+    assert len(list((tmp_path / "tune").glob("*/metrics.json"))) == len(names)
+    export = sslrun(
+        "export",
+        "-m",
+        f"pretrained={runs}",
+        f"out={tmp_path}/encoder_${{hydra:job.num}}.pt",
+        f"hydra.sweep.dir={tmp_path / 'export'}",
+        cwd=tmp_path,
+    )
+    assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
+    for i, name in enumerate(names):
+        exported = torch.load(tmp_path / f"encoder_{i}.pt", weights_only=True)
+        stored = torch.load(tmp_path / "digits" / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        assert exported.keys() == {k[len("backbone.") :] for k in stored if k.startswith("backbone.")}, name

@@ -81,3 +81,18 @@ def test_every_view_key_can_be_overridden_on_every_dataset(name):
     keys = [f.name for f in dataclasses.fields(ViewsConfig)]
     precheck("pretrain", sslrun.pretrain.schema, [f"data={name}", *(f"data.views.{key}=0.5" for key in keys[1:-1])])
     precheck("pretrain", sslrun.pretrain.schema, [f"data={name}", "data.views.recipe=imagenet"])
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_yaml_lists_every_key_with_the_schema_default(name):
+    """Hydra overrides only keys a YAML has, and the YAML is what users read: it must name every key of the method's
+    schema, with the default the method module documents."""
+    import yaml
+
+    values = yaml.safe_load((Path(sslrun.pretrain.__file__).parent / "configs" / "method" / f"{name}.yaml").read_text())
+    schema = METHODS.get(name).Config(name=name)
+    assert set(values) == {f.name for f in dataclasses.fields(schema)}
+    for key, value in values.items():
+        assert (
+            value == pytest.approx(getattr(schema, key)) if isinstance(value, float) else value == getattr(schema, key)
+        ), key

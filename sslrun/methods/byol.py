@@ -4,7 +4,10 @@ the two directions, as the paper and solo-learn). No negatives, so nothing is ga
 
 Views: BYOL's asymmetric pair (blur 1.0 / 0.1, solarize 0 / 0.2); on the small-image recipe, which does not blur,
 only the solarization differs. Defaults scaled for small images and short runs: projector 512 -> 128, predictor
-512 -> 128 (solo-learn 4096 -> 256); momentum 0.99 -> 1 cosine over the run's optimizer steps.
+512 -> 128 (solo-learn 4096 -> 256); momentum 0.9 -> 1 cosine over the run's optimizer steps (BYOL and solo-learn
+start at 0.99-0.996 for runs of 300-1000 epochs; over a few hundred steps a slow target hardly leaves its random
+init: on Fashion-MNIST at 3 epochs kNN top-1 0.707 with 0.9 against 0.692 with 0.99; BYOL's paper, table 5b, still
+trains well from 0.9).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ BYOL_VIEWS = (ViewSpec(blur_p=1.0, solarize_p=0.0), ViewSpec(blur_p=0.1, solariz
 @dataclass
 class BYOLConfig(MomentumConfig):
     pred_hidden_dim: int = 512
+    momentum_base: float = 0.9
 
 
 @METHODS.register("byol")

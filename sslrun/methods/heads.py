@@ -31,15 +31,19 @@ def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
 
 
 class DINOHead(nn.Module):
-    """DINO's head: a 3-layer MLP (GELU, no BN) to a bottleneck, L2-normalised, then a weight-normalised linear layer
-    to ``out_dim`` logits whose norm is fixed at 1 (``norm_last_layer``): (B, in_dim) -> (B, out_dim)."""
+    """DINO's head: a 3-layer MLP (GELU; BatchNorm after the hidden layers with ``use_bn``, DINO's
+    ``use_bn_in_head``) to a bottleneck, L2-normalised, then a weight-normalised linear layer to ``out_dim`` logits
+    whose norm is fixed at 1 (``norm_last_layer``): (B, in_dim) -> (B, out_dim)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int, bottleneck_dim: int, out_dim: int, use_bn: bool = False) -> None:
         super().__init__()
+        norm = (lambda: nn.BatchNorm1d(hidden_dim)) if use_bn else nn.Identity
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, hidden_dim),
+            norm(),
             nn.GELU(),
             nn.Linear(hidden_dim, hidden_dim),
+            norm(),
             nn.GELU(),
             nn.Linear(hidden_dim, bottleneck_dim),
         )
