@@ -16,43 +16,35 @@ schedule 0.04 -> 0.4 and gradient clipping at 3 (the run's optimizer and ``train
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from sslrun.data.views import multi_crop
 from sslrun.losses import dino
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
 from sslrun.methods.heads import DINOHead
 from sslrun.methods.momentum import MomentumConfig, frozen_copy
+from sslrun.methods.multicrop import MultiCrop, MultiCropConfig
 
 
 @dataclass
-class DINOConfig(MomentumConfig):
+class DINOConfig(MomentumConfig, MultiCropConfig):
     out_dim: int = 1024
     head_bn: bool = True
     momentum_base: float = 0.9
     student_temperature: float = 0.1
     teacher_temperature: float = 0.04
     center_momentum: float = 0.9
-    local_crops: int = 2
-    global_crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
-    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.25])
     freeze_last_layer_epochs: float = 1.0
 
 
 @METHODS.register("dino")
-class DINO(SSLMethod):
+class DINO(MultiCrop, SSLMethod):
     """DINO: self-distillation to an EMA teacher with centring and sharpening"""
 
     Config = DINOConfig
-
-    @classmethod
-    def view_specs(cls, method_cfg):
-        m = method_cfg
-        return multi_crop(m.local_crops, tuple(m.global_crop_scale), tuple(m.local_crop_scale))
 
     def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
         super().__init__(cfg, in_channels, image_size, num_classes)

@@ -20,16 +20,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sslrun.config import MethodConfig
-from sslrun.data.views import multi_crop
 from sslrun.losses import sinkhorn, swav
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
 from sslrun.methods.heads import Prototypes, projection_mlp
+from sslrun.methods.multicrop import MultiCrop, MultiCropConfig
 
 
 @dataclass
-class SwAVConfig(MethodConfig):
+class SwAVConfig(MultiCropConfig):
     num_prototypes: int = 100
     temperature: float = 0.1
     epsilon: float = 0.05
@@ -41,15 +40,10 @@ class SwAVConfig(MethodConfig):
 
 
 @METHODS.register("swav")
-class SwAV(SSLMethod):
+class SwAV(MultiCrop, SSLMethod):
     """SwAV: swapped prediction of Sinkhorn cluster codes, multi-crop"""
 
     Config = SwAVConfig
-
-    @classmethod
-    def view_specs(cls, method_cfg):
-        m = method_cfg
-        return multi_crop(m.local_crops, tuple(m.global_crop_scale), tuple(m.local_crop_scale))
 
     def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
         super().__init__(cfg, in_channels, image_size, num_classes)
