@@ -93,7 +93,7 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3, distrib
     The official arithmetic, Q = exp(scores / epsilon) normalised in turn over prototypes and samples, carried out on
     log Q: the same codes, but a wide score range or a small epsilon cannot underflow a whole row to 0 (0 / 0)."""
     world = dist.get_world_size() if distributed and dist.is_available() and dist.is_initialized() else 1
-    log_q = scores.double().T / epsilon  # (K, B)
+    log_q = scores.float().T / epsilon  # (K, B); fp32 (fp64 is missing on some devices, and the log domain needs none)
     k, b = log_q.shape[0], log_q.shape[1] * world
     log_q = log_q - _global_logsumexp(log_q, None, world)
     for _ in range(iterations):
