@@ -146,7 +146,8 @@ def test_ema_steps_follow_optimizer_steps_under_gradient_accumulation(monkeypatc
     trainer.fit(model, train_dataloaders=loader)
     per_step = momenta[::2]  # two (student, teacher) pairs per update
     assert trainer.global_step == 8 and len(per_step) == 8
-    assert per_step == pytest.approx([cosine_momentum(k, 8, 0.99, 1.0) for k in range(8)])
+    m = model.cfg.method
+    assert per_step == pytest.approx([cosine_momentum(k, 8, m.momentum_base, m.momentum_final) for k in range(8)])
 
 
 @pytest.mark.parametrize("name", ["simsiam", "byol"])
