@@ -22,7 +22,7 @@ from sslrun.losses import byol
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
 from sslrun.methods.heads import projection_mlp
-from sslrun.methods.momentum import MomentumConfig, frozen_copy
+from sslrun.methods.momentum import MomentumConfig, ProjectorTeacher
 
 BYOL_VIEWS = (ViewSpec(blur_p=1.0, solarize_p=0.0), ViewSpec(blur_p=0.1, solarize_p=0.2))
 
@@ -34,7 +34,7 @@ class BYOLConfig(MomentumConfig):
 
 
 @METHODS.register("byol")
-class BYOL(SSLMethod):
+class BYOL(ProjectorTeacher, SSLMethod):
     """BYOL: predict the EMA target's projection of the other view"""
 
     Config = BYOLConfig
@@ -48,17 +48,12 @@ class BYOL(SSLMethod):
         m = self.cfg.method
         self.projector = projection_mlp(self.backbone.feature_dim, m.proj_hidden_dim, m.proj_output_dim)
         self.predictor = projection_mlp(m.proj_output_dim, m.pred_hidden_dim, m.proj_output_dim)
-        self.teacher_backbone = frozen_copy(self.backbone)
-        self.teacher_projector = frozen_copy(self.projector)
-
-    def momentum_pairs(self):
-        return [(self.backbone, self.teacher_backbone), (self.projector, self.teacher_projector)]
+        self.build_teacher()
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         n = views[0].shape[0]
         feats = self.backbone_views(views[:2])
         p1, p2 = self.predictor(self.projector(feats)).split(n)
-        with torch.no_grad():
-            z1, z2 = self.teacher_projector(self.backbone_views(views[:2], self.teacher_backbone)).split(n)
+        z1, z2 = self.teacher_projections(views[:2]).split(n)
         self.log("z_std", F.normalize(z1.float(), dim=1).std(dim=0).mean(), on_step=True, on_epoch=False)
         return byol(p1, z2) + byol(p2, z1), feats[:n]

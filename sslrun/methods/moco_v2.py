@@ -19,7 +19,7 @@ from sslrun.losses import moco
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
 from sslrun.methods.heads import projection_mlp
-from sslrun.methods.momentum import MomentumConfig, frozen_copy
+from sslrun.methods.momentum import MomentumConfig, ProjectorTeacher
 from sslrun.methods.queue import FeatureQueue
 
 
@@ -32,7 +32,7 @@ class MoCoV2Config(MomentumConfig):
 
 
 @METHODS.register("moco_v2")
-class MoCoV2(SSLMethod):
+class MoCoV2(ProjectorTeacher, SSLMethod):
     """MoCo v2: InfoNCE against a queue of momentum-encoder keys"""
 
     Config = MoCoV2Config
@@ -41,19 +41,14 @@ class MoCoV2(SSLMethod):
         super().__init__(cfg, in_channels, image_size, num_classes)
         m = self.cfg.method
         self.projector = projection_mlp(self.backbone.feature_dim, m.proj_hidden_dim, m.proj_output_dim)
-        self.teacher_backbone = frozen_copy(self.backbone)
-        self.teacher_projector = frozen_copy(self.projector)
+        self.build_teacher()
         self.queue = FeatureQueue(m.queue_size, m.proj_output_dim)
-
-    def momentum_pairs(self):
-        return [(self.backbone, self.teacher_backbone), (self.projector, self.teacher_projector)]
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         n = views[0].shape[0]
         feats = self.backbone_views(views[:2])
         q1, q2 = self.projector(feats).split(n)
-        with torch.no_grad():
-            k1, k2 = self.teacher_projector(self.backbone_views(views[:2], self.teacher_backbone)).float().split(n)
+        k1, k2 = self.teacher_projections(views[:2]).float().split(n)
         t = self.cfg.method.temperature
         queue = self.queue.features.clone()
         loss = (moco(q1, k2, queue, t) + moco(q2, k1, queue, t)) / 2

@@ -17,7 +17,7 @@ from sslrun.losses import info_nce
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
 from sslrun.methods.heads import mlp
-from sslrun.methods.momentum import MomentumConfig, frozen_copy
+from sslrun.methods.momentum import MomentumConfig, ProjectorTeacher
 
 
 @dataclass
@@ -27,7 +27,7 @@ class MoCoV3Config(MomentumConfig):
 
 
 @METHODS.register("moco_v3")
-class MoCoV3(SSLMethod):
+class MoCoV3(ProjectorTeacher, SSLMethod):
     """MoCo v3: symmetric InfoNCE against momentum keys of the global batch"""
 
     Config = MoCoV3Config
@@ -38,18 +38,13 @@ class MoCoV3(SSLMethod):
         dim = m.proj_output_dim
         self.projector = mlp(self.backbone.feature_dim, m.proj_hidden_dim, dim, layers=3, last_bn=True)
         self.predictor = mlp(dim, m.pred_hidden_dim, dim, layers=2)
-        self.teacher_backbone = frozen_copy(self.backbone)
-        self.teacher_projector = frozen_copy(self.projector)
-
-    def momentum_pairs(self):
-        return [(self.backbone, self.teacher_backbone), (self.projector, self.teacher_projector)]
+        self.build_teacher()
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         n = views[0].shape[0]
         feats = self.backbone_views(views[:2])
         q1, q2 = self.predictor(self.projector(feats)).split(n)
-        with torch.no_grad():
-            k1, k2 = self.teacher_projector(self.backbone_views(views[:2], self.teacher_backbone)).split(n)
+        k1, k2 = self.teacher_projections(views[:2]).split(n)
         k1, k2 = self.gather(k1.float()), self.gather(k2.float())
         t = self.cfg.method.temperature
         offset = self.rank * n

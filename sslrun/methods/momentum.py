@@ -44,3 +44,19 @@ class MomentumConfig(MethodConfig):
 
     momentum_base: float = 0.99
     momentum_final: float = 1.0
+
+
+class ProjectorTeacher:
+    """Mixin for methods whose EMA teacher is a copy of the student's backbone and projector (MoCo v2/v3, BYOL):
+    ``build_teacher`` after the projector exists, ``teacher_projections`` for the teacher's view embeddings."""
+
+    def build_teacher(self) -> None:
+        self.teacher_backbone = frozen_copy(self.backbone)
+        self.teacher_projector = frozen_copy(self.projector)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.teacher_backbone), (self.projector, self.teacher_projector)]
+
+    @torch.no_grad()
+    def teacher_projections(self, views: list[torch.Tensor]) -> torch.Tensor:
+        return self.teacher_projector(self.backbone_views(views, self.teacher_backbone))
