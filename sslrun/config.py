@@ -52,9 +52,13 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
+    """``width`` scales channels (ResNet, ConvNet) or the embedding width (ViT); ``stem`` is the ResNets' (auto: CIFAR
+    stem up to 64 px); ``patch_size`` the ViTs' (auto: 4 below 96 px, 16 from 96 px)."""
+
     name: str = MISSING
     width: float = 1.0
     stem: str = "auto"
+    patch_size: Any = "auto"
 
 
 @dataclass
@@ -107,13 +111,15 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    """kNN monitor and linear-probe protocol, shared by pretraining (online) and ``sslrun finetune``."""
+    """kNN monitor and linear-probe protocol, shared by pretraining (online) and ``sslrun finetune``. ``layer``: the
+    backbone stage ``sslrun finetune`` evaluates, ``last`` or ``layer1`` .. ``layer4`` (pooled)."""
 
     knn_k: int = 20
     knn_temperature: float = 0.1
     every_n_epochs: int = 1
     probe_lr: float = 0.1
     probe_epochs: int = 100
+    layer: str = "last"
 
 
 @dataclass
@@ -154,6 +160,12 @@ class FinetuneConfig:
 class ExportConfig:
     pretrained: str = MISSING
     out: str = "encoder.pt"
+
+
+def no_patches(cfg: BackboneConfig) -> None:
+    """UserError for ``backbone.patch_size`` set on a backbone that has no patches."""
+    if cfg.patch_size != "auto":
+        raise UserError(f"backbone.patch_size is for ViT backbones; backbone={cfg.name} has no patches")
 
 
 def backbone_config(values: dict) -> DictConfig:

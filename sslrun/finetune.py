@@ -1,5 +1,6 @@
 """``sslrun finetune``: evaluate a pretrained (or random-init) backbone with a linear probe on frozen features
-plus kNN (``mode=linear``), or by full fine-tuning (``mode=full``); write top-1/top-5 to metrics.json."""
+plus kNN (``mode=linear``), or by full fine-tuning (``mode=full``); write top-1/top-5 to metrics.json. ``eval.layer``
+picks the backbone stage evaluated (default: the last; the network is cut after that stage in both modes)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sslrun import console
 from sslrun.backbones import BACKBONES
+from sslrun.backbones.layers import at_layer, check_layer
 from sslrun.callbacks.features import extract_features, knn_predict, topk_accuracy
 from sslrun.checkpoint import load_pretrained
 from sslrun.classifier import Classifier
@@ -55,13 +57,15 @@ def build_backbone(cfg: DictConfig, data: SSLDataModule) -> tuple[nn.Module, Dic
 def run(cfg: DictConfig) -> dict[str, float | str]:
     if cfg.mode not in MODES:
         raise UserError(f"mode={cfg.mode!r} is not one of: {', '.join(MODES)}")
+    check_layer(cfg.eval.layer)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = SSLDataModule(cfg.data, stage="finetune")
     cfg.data = data.cfg
     record_config(cfg, "finetune")
     backbone, backbone_cfg = build_backbone(cfg, data)
+    backbone = at_layer(backbone, cfg.eval.layer)
     out = run_dir()
-    metrics: dict[str, float | str] = {"mode": cfg.mode, "pretrained": str(cfg.pretrained)}
+    metrics: dict[str, float | str] = {"mode": cfg.mode, "pretrained": str(cfg.pretrained), "layer": cfg.eval.layer}
     if cfg.mode == "linear":
         model, train_loader, val_loader, knn_top1 = _linear_setup(cfg, backbone, data)
         metrics["knn_top1"] = knn_top1

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from sslrun import console
+from sslrun.callbacks.image_grid import ImageGrids
 from sslrun.callbacks.knn import KNNMonitor
 from sslrun.callbacks.throughput import Throughput
 from sslrun.config import PretrainConfig
@@ -31,7 +32,9 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     out = run_dir()
     throughput = Throughput()
     knn = KNNMonitor(cfg.eval.knn_k, cfg.eval.knn_temperature, cfg.eval.every_n_epochs, cfg.trainer.channels_last)
-    trainer = build_trainer(cfg.trainer, cfg.logger, out, [throughput, knn])
+    grids = ImageGrids(out, cfg.eval.every_n_epochs)
+    manual = not model.automatic_optimization
+    trainer = build_trainer(cfg.trainer, cfg.logger, out, [throughput, knn, grids], manual_optimization=manual)
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _REPORTED}

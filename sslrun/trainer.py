@@ -43,11 +43,25 @@ def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
     return loggers
 
 
+def strategy_for(strategy: str, devices: object, num_nodes: int, find_unused_parameters: bool) -> str:
+    """``trainer.strategy``, turned into DDP that looks for unused parameters where the model needs it (two-player
+    methods, whose backward passes reach one player each) and DDP would run."""
+    distributed = strategy == "ddp" or (strategy == "auto" and (devices not in (1, "1") or num_nodes > 1))
+    return "ddp_find_unused_parameters_true" if find_unused_parameters and distributed else strategy
+
+
 def build_trainer(
-    cfg: DictConfig, logger_cfg: DictConfig, out_dir: Path, callbacks: list[Callback], validate: bool = False
+    cfg: DictConfig,
+    logger_cfg: DictConfig,
+    out_dir: Path,
+    callbacks: list[Callback],
+    validate: bool = False,
+    manual_optimization: bool = False,
 ) -> pl.Trainer:
     """A Trainer writing ``checkpoints/last.ckpt`` and logger output into ``out_dir``; the Lightning validation
-    loop runs only with ``validate`` (pretraining evaluates through the kNN monitor instead)."""
+    loop runs only with ``validate`` (pretraining evaluates through the kNN monitor instead). With
+    ``manual_optimization`` (two-player methods) the model clips its own gradients and DDP looks for unused
+    parameters."""
     if cfg.sync_batchnorm and cfg.accelerator == "cpu":
         raise UserError("trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm); on CPU set it to false")
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", enable_version_counter=False)
@@ -57,7 +71,7 @@ def build_trainer(
     return pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
-        strategy=cfg.strategy,
+        strategy=strategy_for(cfg.strategy, cfg.devices, cfg.num_nodes, manual_optimization),
         num_nodes=cfg.num_nodes,
         precision=cfg.precision,
         max_epochs=cfg.max_epochs,
@@ -66,7 +80,7 @@ def build_trainer(
         limit_val_batches=1.0 if validate else 0,
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every_n_steps,
-        gradient_clip_val=cfg.gradient_clip_val,
+        gradient_clip_val=None if manual_optimization else cfg.gradient_clip_val,
         sync_batchnorm=cfg.sync_batchnorm,
         deterministic=cfg.deterministic,
         enable_progress_bar=cfg.enable_progress_bar,

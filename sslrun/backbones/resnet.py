@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from sslrun.backbones import BACKBONES
-from sslrun.config import BackboneConfig
+from sslrun.config import BackboneConfig, no_patches
 from sslrun.errors import UserError
 
 CIFAR_STEM_MAX_SIZE = 64
@@ -47,7 +47,8 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(block, planes[2], layers[2], stride=2)
         self.layer4 = self._make_layer(block, planes[3], layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.feature_dim = planes[3] * block.expansion
+        self.layer_dims = [p * block.expansion for p in planes]
+        self.feature_dim = self.layer_dims[-1]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -67,10 +68,15 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_layer(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        """Globally pooled (B, layer_dims[depth - 1]) features after residual layer ``depth`` (1-4)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4)[:depth]:
+            x = layer(x)
         return torch.flatten(self.avgpool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_layer(x, 4)
 
 
 def _use_cifar_stem(stem: str, image_size: int) -> bool:
@@ -83,6 +89,7 @@ def _use_cifar_stem(stem: str, image_size: int) -> bool:
 
 def _builder(block: type[BasicBlock] | type[Bottleneck], layers: list[int], doc: str):
     def build(cfg: BackboneConfig, in_channels: int, image_size: int) -> ResNet:
+        no_patches(cfg)
         return ResNet(block, layers, in_channels, cfg.width, _use_cifar_stem(cfg.stem, image_size))
 
     build.__doc__ = doc

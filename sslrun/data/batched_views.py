@@ -100,6 +100,7 @@ def sample_view_params(
     device = torch.device(device)
     scale = (cfg.crop_min_scale, 1.0) if view is None else view.scale
     blur_p = cfg.blur_p if view is None else view.blur_p
+    color = view is None or view.color
 
     def coin(p: float) -> torch.Tensor:
         return torch.rand(n, generator=generator, device=device) < p
@@ -109,10 +110,10 @@ def sample_view_params(
     return ViewParams(
         boxes=sample_crop_boxes(n, height, width, scale, generator, device),
         flip=coin(cfg.flip_p),
-        jitter=coin(cfg.jitter_p if s > 0 else 0.0),
+        jitter=coin(cfg.jitter_p if s > 0 and color else 0.0),
         factors=torch.stack([_uniform(n, lo, hi, generator, device) for lo, hi in ranges], dim=1),
         order=torch.rand(n, 4, generator=generator, device=device).argsort(dim=1),
-        gray=coin(cfg.grayscale_p if channels == 3 else 0.0),
+        gray=coin(cfg.grayscale_p if channels == 3 and color else 0.0),
         blur=coin(blur_p),
         sigma=_uniform(n, *SIGMA, generator, device),
         solarize=coin(view.solarize_p) if view is not None and view.solarize_p > 0 else None,

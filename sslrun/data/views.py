@@ -29,32 +29,45 @@ class ViewSpec:
     range; None: (``data.views.crop_min_scale``, 1). ``blur_p``: None is the recipe's; a value (BYOL's asymmetric
     1.0 / 0.1) applies only where the recipe blurs at all: the small-image recipe does not (a blur wipes out a 32 px
     crop), as LightlySSL's CIFAR-10 benchmark also turns BYOL's blur off. ``solarize_p``: solarization (pixels
-    >= 0.5 inverted) after the other steps."""
+    >= 0.5 inverted) after the other steps. ``color``: False keeps only the crop and the flip (no jitter, grayscale,
+    blur or solarization): the single view of reconstruction, generative and pretext methods, whose targets are the
+    pixels themselves."""
 
     size: float = 1.0
     scale: tuple[float, float] | None = None
     blur_p: float | None = None
     solarize_p: float = 0.0
+    color: bool = True
 
     def resolve(self, cfg: ViewsConfig, image_size: int) -> ResolvedView:
         size = image_size if self.size == 1.0 else max(8, round(image_size * self.size))
         scale = (cfg.crop_min_scale, 1.0) if self.scale is None else tuple(self.scale)
+        if not self.color:
+            return ResolvedView(size, scale, 0.0, 0.0, color=False)
         blur = cfg.blur_p if self.blur_p is None or cfg.blur_p == 0 else self.blur_p
         return ResolvedView(size, scale, blur, self.solarize_p)
 
 
 @dataclass(frozen=True)
 class ResolvedView:
-    """A ``ViewSpec`` made concrete for one dataset: size in pixels, crop scale, blur and solarize probabilities."""
+    """A ``ViewSpec`` made concrete for one dataset: size in pixels, crop scale, blur and solarize probabilities,
+    and whether the recipe's colour steps (jitter, grayscale) run."""
 
     size: int
     scale: tuple[float, float]
     blur_p: float
     solarize_p: float
+    color: bool = True
 
 
 TWO_VIEWS = (ViewSpec(), ViewSpec())
 """SimCLR, MoCo, SimSiam, Barlow Twins, VICReg, NNCLR: two views drawn from the same recipe."""
+
+
+def single_view(scale: tuple[float, float] = (0.5, 1.0)) -> tuple[ViewSpec]:
+    """One view, crop (area ``scale``) and flip only: autoencoders, VAE, GAN, rotation, jigsaw and MAE corrupt it
+    themselves (noise, masks, rotations, shuffled tiles) on the device, inside the method."""
+    return (ViewSpec(scale=tuple(scale), color=False),)
 
 
 def multi_crop(
@@ -107,13 +120,13 @@ def simclr_view(
     if cfg.flip_p > 0:
         steps.append(v2.RandomHorizontalFlip(cfg.flip_p))
     s = cfg.jitter_strength
-    if cfg.jitter_p > 0 and s > 0:
+    if view.color and cfg.jitter_p > 0 and s > 0:
         # Saturation and hue are identities on one channel; leaving them out skips their cost.
         jitter = (
             v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s) if channels == 3 else v2.ColorJitter(0.8 * s, 0.8 * s)
         )
         steps.append(v2.RandomApply([jitter], p=cfg.jitter_p))
-    if channels == 3 and cfg.grayscale_p > 0:
+    if view.color and channels == 3 and cfg.grayscale_p > 0:
         steps.append(v2.RandomGrayscale(cfg.grayscale_p))
     if view.blur_p > 0:
         kernel = int(0.1 * image_size) // 2 * 2 + 1

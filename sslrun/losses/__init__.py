@@ -12,12 +12,30 @@ from sslrun.losses.joint import (
     swav,
     vicreg,
 )
+from sslrun.losses.reconstruction import (
+    discriminator_bce,
+    gaussian_kl,
+    generator_non_saturating,
+    masked_patches,
+    patchify,
+    reconstruction_mse,
+    unpatchify,
+    vae,
+)
 
 __all__ = [
     "NT_XENT_BACKENDS",
     "barlow_twins",
     "byol",
     "dino",
+    "discriminator_bce",
+    "gaussian_kl",
+    "generator_non_saturating",
+    "masked_patches",
+    "patchify",
+    "reconstruction_mse",
+    "unpatchify",
+    "vae",
     "info_nce",
     "moco",
     "nearest_neighbour",

@@ -5,15 +5,22 @@ from sslrun.registry import Registry
 METHODS = Registry("method")
 
 from sslrun.methods import (  # noqa: E402,F401  (registration side effects)
+    adversarial_autoencoder,
+    autoencoder,
     barlow_twins,
     byol,
     contrastive,
     dino,
+    gan,
+    jigsaw,
+    mae,
     moco_v2,
     moco_v3,
     nnclr,
+    rotation,
     simsiam,
     swav,
+    vae,
     vicreg,
 )
 

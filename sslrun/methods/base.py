@@ -9,7 +9,7 @@ implements ``ssl_step`` over them; a method with EMA teachers lists its (student
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -62,6 +62,19 @@ class SSLMethod(pl.LightningModule):
             start = end
         return torch.cat(out)
 
+    def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pictures of (B, C, H, W) normalised validation images, by name: rows of images (e.g. inputs over their
+        reconstructions, or samples) stacked into (rows * B, C, H, W); none by default."""
+        return {}
+
+    def draw(self, n: int, sample: Callable[[int, torch.Generator], torch.Tensor]) -> torch.Tensor:
+        """Per-sample randomness (noise, masks, rotations, latent codes) for this rank's ``n`` rows: ``sample(m,
+        generator)`` draws m rows for the whole global batch from a generator seeded by (seed, step), alike on every
+        rank, and each rank keeps its block, so a run draws the same whatever its world size."""
+        generator = torch.Generator(self.device).manual_seed(int(self.cfg.seed) * 1_000_003 + self.global_step)
+        rows = sample(n * self.world_size, generator)
+        return rows[self.rank * n : (self.rank + 1) * n]
+
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(student, teacher) module pairs updated by EMA after every optimizer step; none by default."""
         return []
@@ -74,17 +87,25 @@ class SSLMethod(pl.LightningModule):
             self.to(memory_format=torch.channels_last)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        views, labels = self.unpack(batch)
+        loss, feats = self.ssl_step(views)
+        return loss + self.probe_step(loss, feats, labels)
+
+    def unpack(self, batch: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
         views, labels = batch
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        loss, feats = self.ssl_step(list(views))
+        return list(views), labels
+
+    def probe_step(self, loss: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Logs the SSL ``loss``; the online probe's loss on the detached ``feats`` (0 without labels)."""
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         if self.probe is None:
-            return loss
+            return loss.new_zeros(())
         probe_loss, probe_acc = self.probe.loss(feats, labels)
         self.log("probe_train_acc", probe_acc, on_step=False, on_epoch=True, sync_dist=True)
-        return loss + probe_loss
+        return probe_loss
 
     @property
     def world_size(self) -> int:
@@ -130,17 +151,15 @@ class SSLMethod(pl.LightningModule):
             ema_update(student, teacher, momentum)
         self.log("momentum", momentum, on_step=True, on_epoch=False)
 
+    def probe_groups(self) -> list[dict]:
+        """The online probe's parameter group (its own lr, no weight decay, no LARS); none without labels."""
+        if self.probe is None:
+            return []
+        params = list(self.probe.parameters())
+        return [{"params": params, "lr": self.cfg.eval.probe_lr, "weight_decay": 0.0, "lars_exclude": True}]
+
     def configure_optimizers(self):
         # Teachers have requires_grad=False, so param_groups leaves them out of the optimizer.
         ssl_params = torch.nn.ModuleList(m for name, m in self.named_children() if name != "probe")
-        groups = param_groups(ssl_params, self.cfg.optim)
-        if self.probe is not None:
-            groups.append(
-                {
-                    "params": list(self.probe.parameters()),
-                    "lr": self.cfg.eval.probe_lr,
-                    "weight_decay": 0.0,
-                    "lars_exclude": True,
-                }
-            )
+        groups = param_groups(ssl_params, self.cfg.optim) + self.probe_groups()
         return lightning_optimizers(self.trainer, groups, self.cfg.optim, self.cfg.data.batch_size)

@@ -1,0 +1,41 @@
+"""Features below the last stage (``sslrun finetune eval.layer=<name>``): pretext tasks often learn their best
+features in the middle of the network (RotNet, Gidaris et al. 2018: conv block 2 beats the last block on CIFAR-10).
+
+Every backbone has four stages named ``layer1`` .. ``layer4`` (ResNet: its four residual layers; ConvNet: its four
+conv stages; ViT: the blocks in four equal groups) and implements ``forward_layer(x, depth)`` -> pooled (B, C)
+features after stage ``depth`` (1-4; depth 4 is ``forward``), with the widths in ``layer_dims``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sslrun.errors import UserError
+
+LAYERS = ("layer1", "layer2", "layer3", "layer4")
+LAST = "last"
+
+
+class LayerFeatures(nn.Module):
+    """The backbone cut after one stage: (B, C, H, W) -> pooled (B, feature_dim) features of that stage."""
+
+    def __init__(self, backbone: nn.Module, layer: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.depth = LAYERS.index(layer) + 1
+        self.feature_dim = backbone.layer_dims[self.depth - 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_layer(x, self.depth)
+
+
+def check_layer(layer: str) -> None:
+    if layer not in (LAST, *LAYERS):
+        raise UserError(f"eval.layer={layer!r} is not one of: {LAST}, {', '.join(LAYERS)}")
+
+
+def at_layer(backbone: nn.Module, layer: str) -> nn.Module:
+    """``backbone`` itself for ``last`` (or ``layer4``), else its features after the named stage."""
+    check_layer(layer)
+    return backbone if layer in (LAST, LAYERS[-1]) else LayerFeatures(backbone, layer)

@@ -1,0 +1,86 @@
+"""Adversarial autoencoder (Makhzani et al. 2016, arXiv 1511.05644): an autoencoder whose code is pushed towards a
+prior by a discriminator instead of a KL term. The backbone's pooled features go through a linear layer to a
+``latent_dim`` code, the shared ``ConvDecoder`` reconstructs the image from it; a discriminator (an MLP, the paper's
+two hidden ReLU layers) tells codes drawn from the prior N(0, I) from the encoder's.
+
+Two players, as the paper's two phases: the autoencoder minimises the per-pixel mean squared error plus
+``adv_weight`` times the non-saturating loss of fooling the discriminator (the reconstruction and the generator phase
+in one step); the discriminator minimises its binary cross-entropy. ``sslrun finetune`` evaluates the backbone's
+features. Samples: the decoder on prior codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from sslrun.config import MethodConfig
+from sslrun.data.views import ViewSpec, single_view
+from sslrun.losses import discriminator_bce, generator_non_saturating, reconstruction_mse
+from sslrun.methods import METHODS
+from sslrun.methods.adversarial import TwoPlayer
+from sslrun.methods.base import SSLMethod
+from sslrun.methods.decoders import ConvDecoder
+
+
+@dataclass
+class AdversarialAutoencoderConfig(MethodConfig):
+    latent_dim: int = 32
+    adv_weight: float = 0.1
+    disc_hidden_dim: int = 512
+    decoder_width: int = 128
+
+
+@METHODS.register("adversarial_autoencoder")
+class AdversarialAutoencoder(TwoPlayer, SSLMethod):
+    """adversarial autoencoder: codes matched to a Gaussian prior by a discriminator"""
+
+    Config = AdversarialAutoencoderConfig
+
+    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__(cfg, in_channels, image_size, num_classes)
+        m = self.cfg.method
+        self.to_code = nn.Linear(self.backbone.feature_dim, m.latent_dim)
+        self.decoder = ConvDecoder(m.latent_dim, in_channels, image_size, m.decoder_width)
+        h = m.disc_hidden_dim
+        self.discriminator = nn.Sequential(
+            nn.Linear(m.latent_dim, h), nn.ReLU(inplace=True), nn.Linear(h, h), nn.ReLU(inplace=True), nn.Linear(h, 1)
+        )
+
+    @classmethod
+    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
+        return single_view()
+
+    def players(self) -> tuple[nn.Module, nn.Module]:
+        return nn.ModuleList([self.backbone, self.to_code, self.decoder]), self.discriminator
+
+    def prior(self, n: int) -> torch.Tensor:
+        k = self.cfg.method.latent_dim
+        return self.draw(n, lambda m, g: torch.randn((m, k), generator=g, device=self.device))
+
+    def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The autoencoder's loss: reconstruction + ``adv_weight`` x fooling the discriminator."""
+        images = views[0]
+        feats = self.backbone(images)
+        code = self.to_code(feats)
+        self._codes = code.detach()  # the discriminator's negatives in the second step
+        reconstruction = reconstruction_mse(self.decoder(code), images)
+        self.log("reconstruction", reconstruction.detach(), on_step=True, on_epoch=False)
+        fool = generator_non_saturating(self.discriminator(code).squeeze(1))
+        return reconstruction + self.cfg.method.adv_weight * fool, feats
+
+    def second_player_loss(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """The discriminator's loss: prior codes real, the encoder's codes of this batch (from ``ssl_step``) fake."""
+        codes = self._codes
+        prior = self.prior(len(codes)).to(codes.dtype)
+        return discriminator_bce(self.discriminator(prior).squeeze(1), self.discriminator(codes).squeeze(1))
+
+    def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        reconstruction = self.decoder(self.to_code(self.backbone(images)))
+        generator = torch.Generator(self.device).manual_seed(0)
+        prior = torch.randn((2 * len(images), self.cfg.method.latent_dim), generator=generator, device=self.device)
+        return {"reconstruction": torch.cat([images, reconstruction]), "samples": self.decoder(prior)}

@@ -1,0 +1,65 @@
+"""Autoencoder (Hinton & Salakhutdinov 2006, Science 313:504) and, with ``method.noise`` > 0, the denoising
+autoencoder (Vincent et al. 2008, ICML): the backbone encodes a (corrupted) view to its feature vector, a
+``ConvDecoder`` maps that vector back to the image, and the loss is the per-pixel mean squared error against the
+clean view. The code is the pooled backbone feature itself, the vector ``sslrun finetune`` evaluates.
+
+``noise``: standard deviation of additive Gaussian noise in normalised pixels (1.0 is one pixel std); Vincent et al.
+also used masking noise, Gaussian is the common modern choice. One view, crop (50-100% of the area) and flip only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from sslrun.config import MethodConfig
+from sslrun.data.views import ViewSpec, single_view
+from sslrun.errors import UserError
+from sslrun.losses import reconstruction_mse
+from sslrun.methods import METHODS
+from sslrun.methods.base import SSLMethod
+from sslrun.methods.decoders import ConvDecoder
+
+
+@dataclass
+class AutoencoderConfig(MethodConfig):
+    noise: float = 0.0
+    decoder_width: int = 128
+
+
+@METHODS.register("autoencoder")
+class Autoencoder(SSLMethod):
+    """autoencoder; method.noise > 0: denoising autoencoder"""
+
+    Config = AutoencoderConfig
+
+    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__(cfg, in_channels, image_size, num_classes)
+        m = self.cfg.method
+        if m.noise < 0:
+            raise UserError(f"method.noise={m.noise} must be >= 0 (0: plain autoencoder)")
+        self.decoder = ConvDecoder(self.backbone.feature_dim, in_channels, image_size, m.decoder_width)
+
+    @classmethod
+    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
+        return single_view()
+
+    def corrupt(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cfg.method.noise == 0:
+            return images
+        shape = images.shape[1:]
+        noise = self.draw(len(images), lambda m, g: torch.randn((m, *shape), generator=g, device=images.device))
+        return images + self.cfg.method.noise * noise.to(images.dtype)
+
+    def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = views[0]
+        feats = self.backbone(self.corrupt(images))
+        return reconstruction_mse(self.decoder(feats), images), feats
+
+    def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        corrupted = self.corrupt(images)
+        rows = [images, corrupted] if self.cfg.method.noise else [images]
+        return {"reconstruction": torch.cat([*rows, self.decoder(self.backbone(corrupted))])}

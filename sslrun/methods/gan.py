@@ -1,0 +1,77 @@
+"""DCGAN (Radford et al. 2016, arXiv 1511.06434) as a representation learner: the discriminator's trunk is the
+backbone, and that trunk is what ``sslrun finetune`` evaluates, as DCGAN evaluated its discriminator's features.
+
+Generator: the shared ``ConvDecoder`` (DCGAN's: transposed convolutions with BN and ReLU) from a ``latent_dim``
+standard normal code. Discriminator: the backbone and a linear real/fake logit on its pooled features. Losses: the
+discriminator's binary cross-entropy and the non-saturating generator loss (Goodfellow et al. 2014). Real and fake
+images go through the discriminator as separate batches (DCGAN's practice), and the fake passes leave the batch-norm
+running statistics alone, so the evaluated trunk normalises by real-image statistics. Optimiser: Adam at DCGAN's
+lr 2e-4, betas (0.5, 0.999), constant (``optim=adam_gan``, the method's default). Samples from a fixed code are
+written each evaluation epoch (``images/samples_epochNNN.png``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from sslrun.config import MethodConfig
+from sslrun.data.views import ViewSpec, single_view
+from sslrun.losses import discriminator_bce, generator_non_saturating
+from sslrun.methods import METHODS
+from sslrun.methods.adversarial import TwoPlayer, frozen_batchnorm_stats
+from sslrun.methods.base import SSLMethod
+from sslrun.methods.decoders import ConvDecoder
+
+
+@dataclass
+class GANConfig(MethodConfig):
+    latent_dim: int = 100
+    generator_width: int = 128
+
+
+@METHODS.register("gan")
+class GAN(TwoPlayer, SSLMethod):
+    """DCGAN; the discriminator's trunk is the encoder"""
+
+    Config = GANConfig
+
+    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__(cfg, in_channels, image_size, num_classes)
+        m = self.cfg.method
+        self.generator = ConvDecoder(m.latent_dim, in_channels, image_size, m.generator_width)
+        self.real_fake = nn.Linear(self.backbone.feature_dim, 1)
+
+    @classmethod
+    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
+        return single_view()
+
+    def players(self) -> tuple[nn.Module, nn.Module]:
+        return nn.ModuleList([self.backbone, self.real_fake]), self.generator
+
+    def fakes(self, n: int) -> torch.Tensor:
+        k = self.cfg.method.latent_dim
+        return self.generator(self.draw(n, lambda m, g: torch.randn((m, k), generator=g, device=self.device)))
+
+    def discriminate(self, images: torch.Tensor) -> torch.Tensor:
+        with frozen_batchnorm_stats(self.backbone):
+            return self.real_fake(self.backbone(images)).squeeze(1)
+
+    def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The discriminator's loss on real images and (detached) fakes."""
+        real = views[0]
+        feats = self.backbone(real)
+        loss = discriminator_bce(self.real_fake(feats).squeeze(1), self.discriminate(self.fakes(len(real)).detach()))
+        return loss, feats
+
+    def second_player_loss(self, views: list[torch.Tensor]) -> torch.Tensor:
+        return generator_non_saturating(self.discriminate(self.fakes(len(views[0]))))
+
+    def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        generator = torch.Generator(self.device).manual_seed(0)
+        z = torch.randn((4 * len(images), self.cfg.method.latent_dim), generator=generator, device=self.device)
+        return {"samples": self.generator(z)}

@@ -1,0 +1,119 @@
+"""Masked autoencoder (He et al. 2022, arXiv 2111.06377): hide a random ``mask_ratio`` of a ViT's patches, encode
+only the visible ones, and let a light transformer decoder (``decoder_depth`` blocks, ``decoder_dim`` wide, fixed
+sine-cosine positions, a learnt mask token) predict the pixels of the hidden patches; the loss is the mean squared
+error over hidden patches, against per-patch standardised pixels with ``norm_pix_loss`` (MAE's default, better
+features). Needs a ViT backbone (``backbone=vit_tiny|vit_small``; the method's default is ``vit_tiny``).
+
+Scaled for small images and short runs: decoder 128 wide, 2 blocks, 4 heads (MAE: 512, 8, 16). One view, crop
+(20-100% of the area) and flip only, as MAE. Its linear probe is weak by nature (the features are not linearly
+separable until fine-tuned): report ``sslrun finetune mode=full`` beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from sslrun.backbones.vit import ViT, sincos_2d
+from sslrun.config import MethodConfig
+from sslrun.data.views import ViewSpec, single_view
+from sslrun.errors import UserError
+from sslrun.losses import masked_patches, patchify, unpatchify
+from sslrun.methods import METHODS
+from sslrun.methods.base import SSLMethod
+
+
+@dataclass
+class MAEConfig(MethodConfig):
+    mask_ratio: float = 0.75
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+
+
+@METHODS.register("mae")
+class MAE(SSLMethod):
+    """masked autoencoder (ViT backbones)"""
+
+    Config = MAEConfig
+
+    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__(cfg, in_channels, image_size, num_classes)
+        m = self.cfg.method
+        if not isinstance(self.backbone, ViT):
+            name = self.cfg.backbone.name
+            raise UserError(f"method=mae needs a ViT backbone (backbone=vit_tiny or vit_small), not backbone={name}")
+        if not 0.0 < m.mask_ratio < 1.0:
+            raise UserError(f"method.mask_ratio={m.mask_ratio} must be between 0 and 1 (exclusive)")
+        self.channels = in_channels
+        self.patch = self.backbone.patch_size
+        self.patches = self.backbone.grid**2
+        self.visible = max(1, round(self.patches * (1 - m.mask_ratio)))
+        d = m.decoder_dim
+        self.decoder_embed = nn.Linear(self.backbone.feature_dim, d)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        nn.init.normal_(self.mask_token, std=0.02)
+        pos = torch.cat([torch.zeros(1, d), sincos_2d(d, self.backbone.grid)])
+        self.register_buffer("decoder_pos", pos.unsqueeze(0), persistent=False)
+        self.decoder_blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                d, m.decoder_heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            )
+            for _ in range(m.decoder_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(d)
+        self.decoder_pred = nn.Linear(d, self.patch * self.patch * in_channels)
+
+    @classmethod
+    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
+        return single_view(scale=(0.2, 1.0))
+
+    def random_masking(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N) patch order (a random permutation per image; the first ``visible`` are kept) and (B, N) mask, 1
+        where hidden."""
+        noise = self.draw(n, lambda m, g: torch.rand((m, self.patches), generator=g, device=self.device))
+        order = noise.argsort(dim=1)
+        mask = torch.ones(n, self.patches, device=self.device)
+        mask[:, : self.visible] = 0
+        return order, mask.gather(1, order.argsort(dim=1))
+
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, S, S) -> predicted patches (B, N, p^2 C) and the (B, N) mask."""
+        n = len(images)
+        order, mask = self.random_masking(n)
+        tokens = self.backbone.embed(images)
+        keep = order[:, : self.visible, None]
+        latent = self.backbone.encode(tokens.gather(1, keep.expand(-1, -1, tokens.shape[2])))
+        x = self.decoder_embed(latent)
+        hidden = self.mask_token.to(x.dtype).expand(n, self.patches - self.visible, -1)
+        shuffled = torch.cat([x[:, 1:], hidden], dim=1)
+        restore = order.argsort(dim=1)[:, :, None].expand(-1, -1, x.shape[2])
+        x = torch.cat([x[:, :1], shuffled.gather(1, restore)], dim=1) + self.decoder_pos
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_pred(self.decoder_norm(x)[:, 1:]), mask
+
+    def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = views[0]
+        prediction, mask = self.predict(images)
+        loss = masked_patches(prediction, patchify(images, self.patch), mask, self.cfg.method.norm_pix_loss)
+        with torch.no_grad():  # the online probe watches whole images, as evaluation sees them
+            feats = self.backbone(images)
+        return loss, feats
+
+    def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows: input, visible patches (hidden ones at the mean), reconstruction with the visible patches pasted in
+        (with ``norm_pix_loss`` the predictions are mapped back with each true patch's mean and std, as MAE's demo)."""
+        prediction, mask = self.predict(images)
+        target = patchify(images, self.patch).float()
+        if self.cfg.method.norm_pix_loss:
+            prediction = prediction.float() * (target.var(-1, keepdim=True) + 1e-6).sqrt() + target.mean(-1, True)
+        m = mask[:, :, None]
+        masked = unpatchify(target * (1 - m), self.patch, self.channels)
+        pasted = unpatchify(prediction.float() * m + target * (1 - m), self.patch, self.channels)
+        return {"reconstruction": torch.cat([images.float(), masked, pasted])}

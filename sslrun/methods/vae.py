@@ -1,0 +1,68 @@
+"""Variational autoencoder (Kingma & Welling 2014, arXiv 1312.6114): the backbone's feature vector gives the mean and
+log-variance of a diagonal Gaussian posterior over a ``latent_dim`` code (two linear heads); a code drawn with the
+reparameterisation trick goes through the shared ``ConvDecoder``; the loss is the negative ELBO per pixel with a
+unit-variance Gaussian decoder on normalised pixels, KL weighted by ``beta`` (beta-VAE, Higgins et al. 2017).
+``sslrun finetune`` evaluates the backbone's feature vector (the input of the mean head). Samples: the decoder on
+codes drawn from the prior. One view, crop and flip only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from sslrun.config import MethodConfig
+from sslrun.data.views import ViewSpec, single_view
+from sslrun.losses import gaussian_kl, vae
+from sslrun.methods import METHODS
+from sslrun.methods.base import SSLMethod
+from sslrun.methods.decoders import ConvDecoder
+
+
+@dataclass
+class VAEConfig(MethodConfig):
+    latent_dim: int = 64
+    beta: float = 1.0
+    decoder_width: int = 128
+
+
+@METHODS.register("vae")
+class VAE(SSLMethod):
+    """variational autoencoder (negative ELBO, beta-weighted KL)"""
+
+    Config = VAEConfig
+
+    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__(cfg, in_channels, image_size, num_classes)
+        m = self.cfg.method
+        self.mu = nn.Linear(self.backbone.feature_dim, m.latent_dim)
+        self.logvar = nn.Linear(self.backbone.feature_dim, m.latent_dim)
+        self.decoder = ConvDecoder(m.latent_dim, in_channels, image_size, m.decoder_width)
+
+    @classmethod
+    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
+        return single_view()
+
+    def gaussian(self, n: int) -> torch.Tensor:
+        """(n, latent_dim) standard normal rows, drawn for the global batch (``draw``)."""
+        k = self.cfg.method.latent_dim
+        return self.draw(n, lambda m, g: torch.randn((m, k), generator=g, device=self.device))
+
+    def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = views[0]
+        feats = self.backbone(images)
+        mu, logvar = self.mu(feats), self.logvar(feats)
+        z = mu + (0.5 * logvar).exp() * self.gaussian(len(images)).to(mu.dtype)
+        loss = vae(self.decoder(z), images, mu, logvar, self.cfg.method.beta)
+        self.log("kl", gaussian_kl(mu.detach(), logvar.detach()), on_step=True, on_epoch=False)
+        return loss, feats
+
+    def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        reconstruction = self.decoder(self.mu(self.backbone(images)))
+        generator = torch.Generator(self.device).manual_seed(0)
+        prior = torch.randn((2 * len(images), self.cfg.method.latent_dim), generator=generator, device=self.device)
+        return {"reconstruction": torch.cat([images, reconstruction]), "samples": self.decoder(prior)}
