@@ -14,6 +14,7 @@ from sslrun.config import validate
 from sslrun.data.recipes import recipe_views
 from sslrun.methods import METHODS
 from sslrun.pretrain import schema
+from sslrun.trainer import strategy_for
 
 GLOBAL_BATCH = 16
 IMAGE_SIZE = 16
@@ -57,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides = [
         f"method={args.method}",
-        "backbone=convnet",
+        f"backbone={(METHODS.get(args.method).backbones or ('convnet',))[0]}",
         "backbone.width=0.125",
         "optim=sgd",
         "optim.lr=0.5",
@@ -87,7 +88,7 @@ def main() -> None:
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=args.devices,
-        strategy="ddp" if args.devices > 1 else "auto",
+        strategy=strategy_for("ddp", args.devices, 1, not model.automatic_optimization) if args.devices > 1 else "auto",
         max_steps=1,
         logger=False,
         enable_checkpointing=False,

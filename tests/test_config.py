@@ -90,6 +90,7 @@ def test_method_yaml_lists_every_key_with_the_schema_default(name):
     import yaml
 
     values = yaml.safe_load((Path(sslrun.pretrain.__file__).parent / "configs" / "method" / f"{name}.yaml").read_text())
+    values.pop("defaults", None)  # group choices the method overrides (gan: optim=adam), not keys of its own
     schema = METHODS.get(name).Config(name=name)
     assert set(values) == {f.name for f in dataclasses.fields(schema)}
     for key, value in values.items():

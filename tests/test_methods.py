@@ -2,6 +2,8 @@
 teachers follow the run's optimizer steps; queues and teachers live in the checkpoint; SimSiam and BYOL do not
 collapse over a short run."""
 
+from types import SimpleNamespace
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -23,7 +25,8 @@ SIZE = 16
 
 def method_config(name: str, *extra: str) -> dict:
     GlobalHydra.instance().clear()
-    overrides = [f"method={name}", "backbone=convnet", "backbone.width=0.25", "trainer=debug", "optim=sgd", *extra]
+    backbone = (METHODS.get(name).backbones or ("convnet",))[0]
+    overrides = [f"method={name}", f"backbone={backbone}", "backbone.width=0.25", "trainer=debug", "optim=sgd", *extra]
     with initialize_config_module("sslrun.configs", version_base="1.3"):
         cfg = compose("pretrain", overrides=overrides)
     return OmegaConf.to_container(validate(cfg, schema(cfg)), resolve=True)
@@ -76,6 +79,22 @@ def test_probe_gets_no_gradient_into_the_backbone(name):
     loss.backward()
     assert all(p.grad is None for p in model.backbone.parameters())
     assert model.probe.head.weight.grad is not None
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_trainable_parameter_is_in_exactly_one_optimizer(name, monkeypatch):
+    """Parameters a method holds itself (MAE's mask token) as well as its modules'; two-player methods split them."""
+    import sslrun.methods.adversarial as adversarial
+
+    for module in (base, adversarial):
+        monkeypatch.setattr(module, "lightning_optimizers", lambda trainer, groups, *args, **kwargs: groups)
+    model = build(name)
+    model._trainer = SimpleNamespace()  # read only by lightning_optimizers, patched away
+    optimizers = model.configure_optimizers()
+    optimizers = optimizers if isinstance(optimizers, tuple | list) and isinstance(optimizers[0], list) else [optimizers]
+    ids = [id(p) for groups in optimizers for group in groups for p in group["params"]]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -21,18 +21,25 @@ from sslrun.backbones import BACKBONES
 from sslrun.callbacks.online_probe import OnlineLinearProbe
 from sslrun.config import MethodConfig
 from sslrun.data.views import TWO_VIEWS, ViewSpec
+from sslrun.errors import UserError
 from sslrun.methods.momentum import cosine_momentum, ema_update
 from sslrun.optim import lightning_optimizers, param_groups
 
 
 class SSLMethod(pl.LightningModule):
     Config: type[MethodConfig] = MethodConfig
+    backbones: tuple[str, ...] | None = None  # the backbones the method can train (None: any)
 
     def __init__(self, cfg: dict[str, Any], in_channels: int, image_size: int, num_classes: int) -> None:
         """``cfg`` is the whole resolved pretrain config as plain containers (stored in the checkpoint)."""
         super().__init__()
         self.save_hyperparameters()
         self.cfg: DictConfig = OmegaConf.create(cfg)
+        if self.backbones is not None and self.cfg.backbone.name not in self.backbones:
+            raise UserError(
+                f"method={self.cfg.method.name} needs one of backbone={', '.join(self.backbones)}, "
+                f"not backbone={self.cfg.backbone.name}"
+            )
         self.backbone = BACKBONES.build(self.cfg.backbone.name, self.cfg.backbone, in_channels, image_size)
         # No labels (an unlabelled image folder): no probe; the kNN monitor reports label-free signals instead.
         self.probe = OnlineLinearProbe(self.backbone.feature_dim, num_classes) if num_classes > 0 else None
@@ -67,13 +74,15 @@ class SSLMethod(pl.LightningModule):
         reconstructions, or samples) stacked into (rows * B, C, H, W); none by default."""
         return {}
 
-    def draw(self, n: int, sample: Callable[[int, torch.Generator], torch.Tensor]) -> torch.Tensor:
-        """Per-sample randomness (noise, masks, rotations, latent codes) for this rank's ``n`` rows: ``sample(m,
-        generator)`` draws m rows for the whole global batch from a generator seeded by (seed, step), alike on every
-        rank, and each rank keeps its block, so a run draws the same whatever its world size."""
+    def draw(self, n: int, sample: Callable[[int, torch.Generator], Any]) -> Any:
+        """Per-sample randomness (noise, masks, permutations, latent codes) for this rank's ``n`` rows: ``sample(m,
+        generator)`` draws m rows (a tensor or a tuple of tensors) for the whole global batch from a generator seeded
+        by (seed, optimizer step), alike on every rank, and each rank keeps its block, so a run draws the same
+        whatever its world size. Two calls in one step draw the same numbers: draw everything a step needs at once."""
         generator = torch.Generator(self.device).manual_seed(int(self.cfg.seed) * 1_000_003 + self.global_step)
         rows = sample(n * self.world_size, generator)
-        return rows[self.rank * n : (self.rank + 1) * n]
+        block = slice(self.rank * n, (self.rank + 1) * n)
+        return tuple(r[block] for r in rows) if isinstance(rows, tuple) else rows[block]
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(student, teacher) module pairs updated by EMA after every optimizer step; none by default."""
@@ -159,7 +168,8 @@ class SSLMethod(pl.LightningModule):
         return [{"params": params, "lr": self.cfg.eval.probe_lr, "weight_decay": 0.0, "lars_exclude": True}]
 
     def configure_optimizers(self):
-        # Teachers have requires_grad=False, so param_groups leaves them out of the optimizer.
-        ssl_params = torch.nn.ModuleList(m for name, m in self.named_children() if name != "probe")
+        # Teachers have requires_grad=False, so param_groups leaves them out of the optimizer. Parameters held by the
+        # method itself (MAE's mask token) count as well as those of its submodules.
+        ssl_params = [p for name, p in self.named_parameters() if not name.startswith("probe.")]
         groups = param_groups(ssl_params, self.cfg.optim) + self.probe_groups()
         return lightning_optimizers(self.trainer, groups, self.cfg.optim, self.cfg.data.batch_size)

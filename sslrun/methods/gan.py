@@ -6,7 +6,7 @@ standard normal code. Discriminator: the backbone and a linear real/fake logit o
 discriminator's binary cross-entropy and the non-saturating generator loss (Goodfellow et al. 2014). Real and fake
 images go through the discriminator as separate batches (DCGAN's practice), and the fake passes leave the batch-norm
 running statistics alone, so the evaluated trunk normalises by real-image statistics. Optimiser: Adam at DCGAN's
-lr 2e-4, betas (0.5, 0.999), constant (``optim=adam_gan``, the method's default). Samples from a fixed code are
+lr 2e-4, betas (0.5, 0.999), constant (``optim=adam``, the method's default). Samples from a fixed code are
 written each evaluation epoch (``images/samples_epochNNN.png``).
 """
 

@@ -122,8 +122,13 @@ class Jigsaw(SSLMethod):
         n, tiles, slack = len(images), self.grid**2, self.cell - self.tile + 1
         count = len(self.permutations)
         device = images.device
-        labels = self.draw(n, lambda m, g: torch.randint(count, (m,), generator=g, device=device))
-        offsets = self.draw(n, lambda m, g: torch.randint(slack, (m, tiles, 2), generator=g, device=device))
+        labels, offsets = self.draw(
+            n,
+            lambda m, g: (
+                torch.randint(count, (m,), generator=g, device=device),
+                torch.randint(slack, (m, tiles, 2), generator=g, device=device),
+            ),
+        )
         cut = cut_tiles(images, self.grid, self.tile, offsets)
         order = self.permutations[labels]  # (B, T): position j shows tile order[j]
         return cut[torch.arange(n, device=device)[:, None], order], labels

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from sslrun.backbones.vit import ViT, sincos_2d
+from sslrun.backbones.vit import sincos_2d
 from sslrun.config import MethodConfig
 from sslrun.data.views import ViewSpec, single_view
 from sslrun.errors import UserError
@@ -41,13 +41,11 @@ class MAE(SSLMethod):
     """masked autoencoder (ViT backbones)"""
 
     Config = MAEConfig
+    backbones = ("vit_tiny", "vit_small")
 
     def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
         super().__init__(cfg, in_channels, image_size, num_classes)
         m = self.cfg.method
-        if not isinstance(self.backbone, ViT):
-            name = self.cfg.backbone.name
-            raise UserError(f"method=mae needs a ViT backbone (backbone=vit_tiny or vit_small), not backbone={name}")
         if not 0.0 < m.mask_ratio < 1.0:
             raise UserError(f"method.mask_ratio={m.mask_ratio} must be between 0 and 1 (exclusive)")
         self.channels = in_channels

@@ -28,6 +28,12 @@ def build_sgd(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Op
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+@OPTIMIZERS.register("adam")
+def build_adam(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """Adam (L2 weight decay coupled to the gradient; DCGAN's settings in its YAML)"""
+    return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
 @OPTIMIZERS.register("adamw")
 def build_adamw(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay)"""
@@ -40,10 +46,11 @@ def build_lars(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.O
     return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.trust_coefficient)
 
 
-def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Two groups: weights (decayed, LARS-adapted) and biases/norm parameters (neither, when excluded)."""
+def param_groups(params: nn.Module | Iterable[nn.Parameter], cfg: OptimConfig) -> list[dict]:
+    """Two groups of a module's (or an iterable's) trainable parameters: weights (decayed, LARS-adapted) and
+    biases/norm parameters (neither, when excluded)."""
     decay, plain = [], []
-    for p in module.parameters():
+    for p in params.parameters() if isinstance(params, nn.Module) else params:
         if p.requires_grad:
             (plain if cfg.exclude_bias_and_norm and p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay}]
