@@ -1,7 +1,8 @@
 """The README's method comparison: every registered method (or ``--methods``) pretrained on one dataset at one budget,
 then evaluated by ``sslrun finetune mode=linear`` (linear probe top-1 and kNN top-1 on the held-out split), beside a
-random-init encoder under the same protocol. One row per method, mean +- std over ``--seeds``. Prints a Markdown
-table and writes it, with one JSON line per run, to ``--out``.
+random-init encoder under the same protocol. One row per method, mean +- std over ``--seeds``. ``--layers`` also
+probes earlier stages (``eval.layer``) and reports each method's best layer beside its last; ``--full N`` adds N
+epochs of full fine-tuning. Prints a Markdown table and writes it, with one JSON line per run, to ``--out``.
 
     python scripts/compare_methods.py --out runs/compare --seeds 0 \\
         --both data=fashion_mnist backbone=resnet18 backbone.width=0.25 -- trainer.max_epochs=8
@@ -50,11 +51,50 @@ def methods_from_registry() -> list[str]:
     return METHODS.names()
 
 
+def evaluate(out: Path, name: str, seed: int, pretrained: str, args: argparse.Namespace) -> dict:
+    """Linear probe + kNN at the last layer and at each of ``--layers``, and ``--full`` epochs of full fine-tuning:
+    {"last": metrics, "<layer>": metrics, "full": metrics}; a run that failed is left out."""
+    common = [f"pretrained={pretrained}", f"seed={seed}", *args.both]
+    results = {"last": sslrun(out / f"{name}-s{seed}-linear", "finetune", "mode=linear", *common)}
+    for layer in args.layers:
+        results[layer] = sslrun(
+            out / f"{name}-s{seed}-linear-{layer}", "finetune", "mode=linear", f"eval.layer={layer}", *common
+        )
+    if args.full:
+        results["full"] = sslrun(
+            out / f"{name}-s{seed}-full", "finetune", "mode=full", f"trainer.max_epochs={args.full}", *common
+        )
+    return {k: v for k, v in results.items() if v}
+
+
+def summarise(name: str, runs: list[dict], pretrains: list[dict], args: argparse.Namespace) -> list[str]:
+    """One table row: last-layer linear and kNN, the best layer by mean linear top-1 with its linear and kNN, the
+    full fine-tune, pretraining speed and minutes."""
+
+    def values(layer: str, key: str) -> list[float]:
+        return [r[layer][key] for r in runs if layer in r]
+
+    row = [name, cell(values("last", "top1")), cell(values("last", "knn_top1"))]
+    if args.layers:
+        layers = [layer for layer in ["last", *args.layers] if values(layer, "top1")]
+        best = max(layers, key=lambda layer: statistics.mean(values(layer, "top1")), default="last")
+        row += [best, cell(values(best, "top1")), cell(values(best, "knn_top1"))]
+    if args.full:
+        row.append(cell(values("full", "top1")))
+    if pretrains:
+        row += [cell([p["img_per_s"] for p in pretrains], 0), cell([p["seconds"] / 60 for p in pretrains], 1)]
+    else:
+        row += ["-", "-"]
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--methods", nargs="*", help="default: every registered method")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--layers", nargs="*", default=[], help="also probe these stages (eval.layer), e.g. layer2")
+    parser.add_argument("--full", type=int, default=0, help="also fine-tune the whole encoder for this many epochs")
     parser.add_argument("--both", nargs="*", default=[], help="overrides for pretrain and finetune")
     parser.add_argument("overrides", nargs="*", help="overrides for pretrain only")
     args = parser.parse_args()
@@ -62,47 +102,45 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     methods = args.methods or methods_from_registry()
     log = (out / "runs.jsonl").open("a")
-    rows = []
-    random = {"linear": [], "knn": []}
+    random_runs = []
     for seed in args.seeds:
-        r = sslrun(out / f"random-s{seed}", "finetune", "pretrained=none", "mode=linear", f"seed={seed}", *args.both)
-        if r:
-            random["linear"].append(r["top1"])
-            random["knn"].append(r["knn_top1"])
-            log.write(json.dumps({"method": "random init", "seed": seed, "linear": r}) + "\n")
-    rows.append(("random init", cell(random["linear"]), cell(random["knn"]), "-", "-"))
+        runs = evaluate(out, "random", seed, "none", args)
+        if "last" in runs:
+            random_runs.append(runs)
+            log.write(json.dumps({"method": "random init", "seed": seed, "eval": runs}) + "\n")
+    rows = [summarise("random init", random_runs, [], args)]
     for method in methods:
-        res = {"linear": [], "knn": [], "speed": [], "minutes": []}
+        runs, pretrains = [], []
         for seed in args.seeds:
             pre_dir = out / f"{method}-s{seed}"
             pre = sslrun(pre_dir, "pretrain", f"method={method}", f"seed={seed}", *args.both, *args.overrides)
             if not pre:
                 continue
-            lin = sslrun(
-                out / f"{method}-s{seed}-linear",
-                "finetune",
-                f"pretrained={pre_dir}",
-                "mode=linear",
-                f"seed={seed}",
-                *args.both,
-            )
-            if not lin:
+            evaluated = evaluate(out, method, seed, str(pre_dir), args)
+            if "last" not in evaluated:
                 continue
-            res["linear"].append(lin["top1"])
-            res["knn"].append(lin["knn_top1"])
-            res["speed"].append(pre["img_per_s"])
-            res["minutes"].append(pre["seconds"] / 60)
-            log.write(json.dumps({"method": method, "seed": seed, "pretrain": pre, "linear": lin}) + "\n")
+            runs.append(evaluated)
+            pretrains.append(pre)
+            log.write(json.dumps({"method": method, "seed": seed, "pretrain": pre, "eval": evaluated}) + "\n")
             log.flush()
-        rows.append((method, cell(res["linear"]), cell(res["knn"]), cell(res["speed"], 0), cell(res["minutes"], 1)))
-        print(f"{method}: linear {rows[-1][1]}, kNN {rows[-1][2]}", flush=True)
+        rows.append(summarise(method, runs, pretrains, args))
+        print(f"{method}: {' | '.join(rows[-1][1:])}", flush=True)
+    header = ["method", "linear top-1", "kNN top-1"]
+    if args.layers:
+        header += ["best layer", "linear top-1 (best layer)", "kNN top-1 (best layer)"]
+    if args.full:
+        header.append(f"fine-tune top-1 ({args.full} epochs)")
+    header += ["pretrain img/s", "pretrain min"]
+    layers = f"; layers probed: last, {', '.join(args.layers)} (`eval.layer`)" if args.layers else ""
+    full = f"; full fine-tune: `sslrun finetune mode=full trainer.max_epochs={args.full}`" if args.full else ""
     protocol = (
         f"Protocol: pretrain `{' '.join(args.both + args.overrides)}`, seeds {args.seeds}; evaluation `sslrun finetune "
-        f"mode=linear` (frozen encoder: linear probe top-1 and kNN top-1, k=20, T=0.1, on the held-out split)."
+        f"mode=linear` (frozen encoder: linear probe top-1 and kNN top-1, k=20, T=0.1, on the held-out split){layers}"
+        f"{full}."
     )
     lines = [
-        "| method | linear top-1 | kNN top-1 | pretrain img/s | pretrain min |",
-        "|---|---|---|---|---|",
+        f"| {' | '.join(header)} |",
+        f"|{'---|' * len(header)}",
         *(f"| {' | '.join(row)} |" for row in rows),
         "",
         protocol,

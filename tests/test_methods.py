@@ -91,7 +91,8 @@ def test_every_trainable_parameter_is_in_exactly_one_optimizer(name, monkeypatch
     model = build(name)
     model._trainer = SimpleNamespace()  # read only by lightning_optimizers, patched away
     optimizers = model.configure_optimizers()
-    optimizers = optimizers if isinstance(optimizers, tuple | list) and isinstance(optimizers[0], list) else [optimizers]
+    if not isinstance(optimizers[0], list):  # one optimizer's groups, not a list of them (two players)
+        optimizers = [optimizers]
     ids = [id(p) for groups in optimizers for group in groups for p in group["params"]]
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}

@@ -48,9 +48,7 @@ def resolve_patch_size(value: object, image_size: int) -> int:
 class ViT(nn.Module):
     """(B, C, H, W) -> (B, dim): mean of the normalised patch tokens."""
 
-    def __init__(
-        self, image_size: int, patch_size: int, in_channels: int, dim: int, depth: int, heads: int
-    ) -> None:
+    def __init__(self, image_size: int, patch_size: int, in_channels: int, dim: int, depth: int, heads: int) -> None:
         super().__init__()
         if image_size % patch_size:
             divisors = [p for p in range(2, image_size + 1) if image_size % p == 0 and p <= 32]

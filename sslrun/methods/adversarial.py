@@ -38,7 +38,6 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
 
 
 class TwoPlayer:
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False

@@ -108,8 +108,12 @@ class Jigsaw(SSLMethod):
         count = min(m.num_permutations, math.factorial(tiles))
         self.register_buffer("permutations", hamming_permutations(tiles, count))
         log.info(
-            "jigsaw: %d x %d grid of %d-px cells, %d-px tiles, %d permutations", self.grid, self.grid, self.cell,
-            self.tile, count,
+            "jigsaw: %d x %d grid of %d-px cells, %d-px tiles, %d permutations",
+            self.grid,
+            self.grid,
+            self.cell,
+            self.tile,
+            count,
         )
         self.classifier = mlp(tiles * self.backbone.feature_dim, m.proj_hidden_dim, count, layers=2)
 
