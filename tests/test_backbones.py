@@ -53,3 +53,38 @@ def test_bad_stem_and_width_are_user_errors():
         BACKBONES.build("resnet18", cfg("resnet18", stem="tiny"), 3, 32)
     with pytest.raises(UserError, match="width"):
         BACKBONES.build("convnet", cfg("convnet", width=0.0), 3, 32)
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_has_four_named_stages_and_the_last_is_its_output(name):
+    from sslrun.backbones.layers import LAYERS, at_layer
+
+    model = BACKBONES.build(name, cfg(name, width=0.25), 3, 32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert at_layer(model, "last") is model and at_layer(model, "layer4") is model
+    torch.testing.assert_close(model.forward_layer(x, 4), model(x))
+    for depth, layer in enumerate(LAYERS[:-1], start=1):
+        cut = at_layer(model, layer)
+        assert cut(x).shape == (2, model.layer_dims[depth - 1]) == (2, cut.feature_dim)
+    if "vit" not in name:
+        assert model.forward_layer(x, 1).shape != model(x).shape  # the stages widen
+    with pytest.raises(UserError, match="eval.layer='layer9' is not one of: last, layer1"):
+        at_layer(model, "layer9")
+
+
+def test_vit_patches_positions_and_errors():
+    from sslrun.backbones.vit import sincos_2d
+
+    vit = BACKBONES.build("vit_tiny", cfg("vit_tiny", width=0.25), 1, 28)
+    assert vit.patch_size == 4 and vit.grid == 7
+    assert BACKBONES.build("vit_tiny", cfg("vit_tiny", width=0.25), 3, 224).patch_size == 16
+    assert vit.embed(torch.randn(2, 1, 12, 12)).shape == (2, 9, vit.feature_dim)  # a smaller crop: positions resized
+    pos = sincos_2d(8, 3)
+    assert pos.shape == (9, 8) and torch.equal(pos[0, :2], torch.tensor([0.0, 0.0]))  # sin(0) for the column
+    assert not any(k.startswith("pos_embed") for k in vit.state_dict())  # fixed, rebuilt from the config
+    with pytest.raises(UserError, match="patch_size=5 does not divide data.image_size=28; use one of: 2, 4, 7"):
+        BACKBONES.build("vit_tiny", cfg("vit_tiny", patch_size=5), 1, 28)
+    with pytest.raises(UserError, match="patch_size is for ViT backbones"):
+        BACKBONES.build("resnet18", cfg("resnet18", patch_size=4), 1, 28)
+    with pytest.raises(UserError, match="stem is for ResNets"):
+        BACKBONES.build("vit_small", cfg("vit_small", stem="cifar"), 1, 28)

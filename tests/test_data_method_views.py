@@ -11,7 +11,7 @@ from sslrun.config import DataConfig
 from sslrun.data import SSLDataModule
 from sslrun.data.batched_views import BatchedSimCLRViews, sample_view_params
 from sslrun.data.recipes import RECIPES, recipe_views
-from sslrun.data.views import TWO_VIEWS, ViewSpec, multi_crop, multi_views
+from sslrun.data.views import TWO_VIEWS, ViewSpec, multi_crop, multi_views, single_view
 from sslrun.methods import METHODS
 from sslrun.methods.byol import BYOL_VIEWS
 
@@ -62,6 +62,24 @@ def test_batched_solarize_inverts_bright_pixels():
     images = torch.tensor([51, 204], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 1, 8, 8).contiguous()
     (view,) = BatchedSimCLRViews(cfg, 8, (0.0,), (1.0,), (ViewSpec(solarize_p=1.0),))(images)
     torch.testing.assert_close(view[:, 0, 0, 0], torch.tensor([0.2, 0.2]))  # 0.2 stays, 0.8 -> 0.2
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_the_single_view_keeps_the_pixels_colours(batched):
+    """Reconstruction, generative and pretext methods get one view, crop and flip only: with the whole image kept
+    and the flip forced, the view is the mirrored image, whatever jitter and grayscale the recipe would apply."""
+    (spec,) = single_view(scale=(1.0, 1.0))
+    resolved = spec.resolve(recipe_views(), 8)
+    assert (resolved.color, resolved.blur_p, resolved.solarize_p) == (False, 0.0, 0.0)
+    cfg = recipe_views("imagenet", jitter_p=1.0, grayscale_p=1.0, blur_p=1.0, flip_p=1.0)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=g)
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    if batched:
+        (view,) = BatchedSimCLRViews(cfg, 8, mean, std, (spec,))(images)
+    else:
+        view = torch.stack([multi_views(cfg, 8, 3, mean, std, (spec,))(image)[0] for image in images])
+    torch.testing.assert_close(view * 0.25 + 0.5, images.flip(-1).float() / 255, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("batched", [False, True])

@@ -141,3 +141,31 @@ def test_two_player_methods_save_and_resume_both_optimizers(tmp_path, name):
         for key, state in before["state"].items():
             torch.testing.assert_close(after["state"][key]["exp_avg"], state["exp_avg"])
     assert trainer.global_step == 8
+
+
+def test_two_player_methods_clip_each_optimizer_and_train_in_mixed_precision(tmp_path):
+    """``trainer.gradient_clip_val`` reaches both optimizers (Lightning refuses automatic clipping under manual
+    optimisation, so the method clips); bf16 autocast runs through ``manual_backward``."""
+    model = build("gan", "optim=adam", "trainer.gradient_clip_val=0.01")
+    norms = []
+    real = model.clip_gradients
+
+    def clip(optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        real(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append((gradient_clip_val, torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()))
+
+    model.clip_gradients = clip
+    loader = DataLoader(Views(fixed_views(model, n=8)), batch_size=4)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        precision="bf16-mixed",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, train_dataloaders=loader)
+    assert len(norms) == 2 and all(value == 0.01 and norm <= 0.01 * 1.001 for value, norm in norms), norms

@@ -73,3 +73,30 @@ def test_lars_step_is_trust_ratio_scaled():
     opt.step()
     # trust = 0.01 * ||w|| / ||g|| = 0.01 * 4 / 2 = 0.02 -> w = 2 - 0.02
     torch.testing.assert_close(w.detach(), torch.full((2, 2), 1.98))
+
+
+def test_the_schedule_of_a_two_player_method_spans_its_batches():
+    """Under manual optimisation Lightning counts both players' steps in global_step: max_steps=10 is 5 batches,
+    and the schedule (stepped once per batch) must end there."""
+    from types import SimpleNamespace
+
+    from sslrun.optim import lightning_optimizers
+
+    def schedule_length(max_steps: int, steps_per_batch: int) -> int:
+        trainer = SimpleNamespace(
+            estimated_stepping_batches=max_steps if max_steps > 0 else 40,
+            num_training_batches=20,
+            accumulate_grad_batches=1,
+            max_steps=max_steps,
+            max_epochs=2,
+            world_size=1,
+        )
+        cfg = OmegaConf.create({**OmegaConf.to_container(OmegaConf.structured(OptimConfig(name="sgd"))), "lr": 1.0})
+        cfg.warmup_epochs = 0
+        out = lightning_optimizers(trainer, [{"params": [torch.nn.Parameter(torch.ones(1))]}], cfg, 256, steps_per_batch)
+        factors = [out["lr_scheduler"]["scheduler"].lr_lambdas[0](step) for step in range(60)]
+        return next(step for step, f in enumerate(factors) if f == 0.0)
+
+    assert schedule_length(10, 2) == 5
+    assert schedule_length(10, 1) == 10
+    assert schedule_length(-1, 2) == 40  # no max_steps: epochs x batches
