@@ -13,8 +13,10 @@ from sslrun.callbacks.throughput import Throughput
 def test_data_share_and_eta_follow_the_step_timeline(monkeypatch):
     clock = iter([0.0, 1.0, 1.5, 3.0, 3.5, 5.5])  # fit start, end of batch 0, then (start, end) of batches 1 and 2
     monkeypatch.setattr(throughput_module.time, "perf_counter", lambda: next(clock))
-    trainer = SimpleNamespace(world_size=1, global_step=0, estimated_stepping_batches=10)
     module = SimpleNamespace(log=lambda *a, **k: None)
+    trainer = SimpleNamespace(
+        world_size=1, global_step=0, estimated_stepping_batches=10, max_steps=-1, lightning_module=module
+    )
     batch = (torch.zeros(4, 1), torch.zeros(4))
     cb = Throughput()
     cb.on_train_start(trainer, module)

@@ -93,6 +93,9 @@ def test_user_errors_exit_2_with_one_clear_line(tmp_path):
     assert_user_error(
         sslrun("pretrain", "data=imagefolder", f"data.root={missing}", *TINY[3:], cwd=tmp_path), str(missing)
     )
+    mae_on_a_resnet = sslrun("pretrain", "method=mae", "backbone=resnet18", *TINY[:3], cwd=tmp_path)
+    assert_user_error(mae_on_a_resnet, "method=mae needs one of backbone=vit_tiny, vit_small", "not backbone=resnet18")
+    assert_user_error(sslrun("finetune", "eval.layer=layer5", cwd=tmp_path), "eval.layer='layer5'", "layer1")
 
 
 def test_finetune_on_data_with_other_channels_names_the_pretraining_data(pretrain_run, tmp_path):

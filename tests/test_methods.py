@@ -23,17 +23,17 @@ from sslrun.pretrain import schema
 SIZE = 16
 
 
-def method_config(name: str, *extra: str) -> dict:
+def method_config(name: str, *extra: str, backbone: str | None = None) -> dict:
     GlobalHydra.instance().clear()
-    backbone = (METHODS.get(name).backbones or ("convnet",))[0]
+    backbone = backbone or (METHODS.get(name).backbones or ("convnet",))[0]
     overrides = [f"method={name}", f"backbone={backbone}", "backbone.width=0.25", "trainer=debug", "optim=sgd", *extra]
     with initialize_config_module("sslrun.configs", version_base="1.3"):
         cfg = compose("pretrain", overrides=overrides)
     return OmegaConf.to_container(validate(cfg, schema(cfg)), resolve=True)
 
 
-def build(name: str, *extra: str):
-    cfg = method_config(name, *extra)
+def build(name: str, *extra: str, backbone: str | None = None):
+    cfg = method_config(name, *extra, backbone=backbone)
     return METHODS.get(name)(cfg, in_channels=1, image_size=SIZE, num_classes=10)
 
 
@@ -69,6 +69,26 @@ def test_ssl_loss_itself_decreases_on_a_fixed_batch(name):
     assert feats.shape == (32, model.backbone.feature_dim)
     assert all(v == v for v in losses), losses
     assert losses[-1] < losses[0] - 0.05 * max(1.0, abs(losses[0])), losses
+
+
+@pytest.mark.parametrize("name", ["contrastive", "dino"])
+def test_joint_embedding_methods_train_a_vit(name):
+    """ViTs serve the joint-embedding family too; DINO's smaller local crops get resized position embeddings."""
+    torch.manual_seed(0)
+    model = build(name, "method.local_crops=2" if name == "dino" else "seed=0", backbone="vit_tiny")
+    views = fixed_views(model, n=16)
+    opt = torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("probe")], lr=1e-3)
+    state = {k: v.clone() for k, v in model.named_buffers()}
+    losses = []
+    for _ in range(5):
+        model.load_state_dict(state, strict=False)
+        opt.zero_grad()
+        loss, feats = model.ssl_step(views)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert feats.shape == (16, model.backbone.feature_dim)
+    assert losses[-1] < losses[0], losses
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -93,7 +93,8 @@ def test_the_schedule_of_a_two_player_method_spans_its_batches():
         )
         cfg = OmegaConf.create({**OmegaConf.to_container(OmegaConf.structured(OptimConfig(name="sgd"))), "lr": 1.0})
         cfg.warmup_epochs = 0
-        out = lightning_optimizers(trainer, [{"params": [torch.nn.Parameter(torch.ones(1))]}], cfg, 256, steps_per_batch)
+        groups = [{"params": [torch.nn.Parameter(torch.ones(1))]}]
+        out = lightning_optimizers(trainer, groups, cfg, 256, steps_per_batch)
         factors = [out["lr_scheduler"]["scheduler"].lr_lambdas[0](step) for step in range(60)]
         return next(step for step, f in enumerate(factors) if f == 0.0)
 

@@ -8,6 +8,8 @@ import time
 
 import pytorch_lightning as pl
 
+from sslrun.optim import run_steps
+
 
 class Throughput(pl.Callback):
     def __init__(self) -> None:
@@ -29,7 +31,8 @@ class Throughput(pl.Callback):
 
     def eta_seconds(self, trainer: pl.Trainer) -> float | None:
         """Seconds left in the whole run at the pace so far (steps and evaluations alike)."""
-        done, total = trainer.global_step, trainer.estimated_stepping_batches
+        k = getattr(trainer.lightning_module, "optimizer_steps_per_batch", 1)  # two-player methods step twice
+        done, total = trainer.global_step // k, run_steps(trainer, k)
         if self._fit_start is None or done == 0 or total == float("inf"):
             return None
         return (time.perf_counter() - self._fit_start) / done * max(0, total - done)

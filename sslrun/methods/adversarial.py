@@ -19,8 +19,6 @@ from torch import nn
 
 from sslrun.optim import lightning_optimizers, param_groups
 
-PLAYERS = 2
-
 
 @contextmanager
 def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
@@ -38,6 +36,8 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
 
 
 class TwoPlayer:
+    optimizer_steps_per_batch = 2  # Lightning counts both in trainer.global_step
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False
@@ -52,7 +52,8 @@ class TwoPlayer:
         first, second = self.players()
         groups = (param_groups(first, self.cfg.optim) + self.probe_groups(), param_groups(second, self.cfg.optim))
         batch = self.cfg.data.batch_size
-        return [lightning_optimizers(self.trainer, g, self.cfg.optim, batch, steps_per_batch=PLAYERS) for g in groups]
+        steps = self.optimizer_steps_per_batch
+        return [lightning_optimizers(self.trainer, g, self.cfg.optim, batch, steps_per_batch=steps) for g in groups]
 
     def player_step(self, optimizer: Any, loss: torch.Tensor) -> None:
         optimizer.zero_grad()

@@ -29,6 +29,7 @@ from sslrun.optim import lightning_optimizers, param_groups
 class SSLMethod(pl.LightningModule):
     Config: type[MethodConfig] = MethodConfig
     backbones: tuple[str, ...] | None = None  # the backbones the method can train (None: any)
+    optimizer_steps_per_batch = 1  # optimizers stepped per batch (two-player methods: 2)
 
     def __init__(self, cfg: dict[str, Any], in_channels: int, image_size: int, num_classes: int) -> None:
         """``cfg`` is the whole resolved pretrain config as plain containers (stored in the checkpoint)."""

@@ -131,6 +131,20 @@ def build_optimizer(
     return optimizer, schedule
 
 
+def run_steps(trainer: Any, steps_per_batch: int = 1) -> int:
+    """Steps of each optimizer in the whole run: Lightning's estimate (``max_steps``, epochs and accumulation), except
+    that under manual optimisation with ``steps_per_batch`` optimizers Lightning counts every optimizer's step in
+    ``global_step``, so ``max_steps`` ends the run after max_steps / steps_per_batch batches."""
+    total = int(trainer.estimated_stepping_batches)  # also sets up the train loader, so the batch count is known
+    if steps_per_batch > 1 and trainer.max_steps > 0:
+        batches = trainer.num_training_batches
+        by_epochs = total
+        if trainer.max_epochs and trainer.max_epochs > 0 and batches != float("inf"):
+            by_epochs = int(batches) * trainer.max_epochs
+        total = min(math.ceil(trainer.max_steps / steps_per_batch), by_epochs)
+    return total
+
+
 def lightning_optimizers(
     trainer: Any, groups: Iterable[dict], cfg: OptimConfig, batch_size: int, steps_per_batch: int = 1
 ) -> dict:
@@ -140,11 +154,8 @@ def lightning_optimizers(
     ``steps_per_batch``: optimizers stepped per batch under manual optimisation (two-player methods), each counted
     in ``trainer.global_step`` by Lightning, so ``trainer.max_steps`` ends the run after max_steps / steps_per_batch
     batches; the schedule (stepped once per batch) is fitted to that."""
-    total = int(trainer.estimated_stepping_batches)  # also sets up the train loader, so the batch count is known
+    total = run_steps(trainer, steps_per_batch)
     batches = trainer.num_training_batches
     per_epoch = 1 if batches == float("inf") else max(1, int(batches) // trainer.accumulate_grad_batches)
-    if steps_per_batch > 1 and trainer.max_steps > 0:
-        by_epochs = per_epoch * trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else total
-        total = min(math.ceil(trainer.max_steps / steps_per_batch), by_epochs)
     optimizer, schedule = build_optimizer(groups, cfg, batch_size * trainer.world_size, per_epoch, total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
