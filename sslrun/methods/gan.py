@@ -2,7 +2,8 @@
 backbone, and that trunk is what ``sslrun finetune`` evaluates, as DCGAN evaluated its discriminator's features.
 
 Generator: the shared ``ConvDecoder`` (DCGAN's: transposed convolutions with BN and ReLU) from a ``latent_dim``
-standard normal code. Discriminator: the backbone and a linear real/fake logit on its pooled features. Losses: the
+standard normal code, its tanh output mapped onto the range of the real (normalised) pixels, measured on the first
+batch and kept as a buffer (DCGAN's tanh against images scaled to [-1, 1]). Discriminator: the backbone and a linear real/fake logit on its pooled features. Losses: the
 discriminator's binary cross-entropy and the non-saturating generator loss (Goodfellow et al. 2014). Real and fake
 images go through the discriminator as separate batches (DCGAN's practice), and the fake passes leave the batch-norm
 running statistics alone, so the evaluated trunk normalises by real-image statistics. Optimiser: Adam at DCGAN's
@@ -45,6 +46,9 @@ class GAN(TwoPlayer, SSLMethod):
         m = self.cfg.method
         self.generator = ConvDecoder(m.latent_dim, in_channels, image_size, m.generator_width)
         self.real_fake = nn.Linear(self.backbone.feature_dim, 1)
+        # Per-channel (min, max) of real normalised pixels, measured on the first batch (all ranks): the generator's
+        # tanh output is mapped onto it, as DCGAN's tanh matches images scaled to [-1, 1].
+        self.register_buffer("pixel_range", torch.full((2, in_channels), float("nan")))
 
     @classmethod
     def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
@@ -53,9 +57,21 @@ class GAN(TwoPlayer, SSLMethod):
     def players(self) -> tuple[nn.Module, nn.Module]:
         return nn.ModuleList([self.backbone, self.real_fake]), self.generator
 
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, latent_dim) codes -> (B, C, H, W) images within the real pixels' range."""
+        low, high = (r.view(1, -1, 1, 1) for r in self.pixel_range)
+        return low + (high - low) * (torch.tanh(self.generator(z)) + 1) / 2
+
     def fakes(self, n: int) -> torch.Tensor:
         k = self.cfg.method.latent_dim
-        return self.generator(self.draw(n, lambda m, g: torch.randn((m, k), generator=g, device=self.device)))
+        return self.generate(self.draw(n, lambda m, g: torch.randn((m, k), generator=g, device=self.device)))
+
+    def measure_range(self, real: torch.Tensor) -> None:
+        if not torch.isnan(self.pixel_range).any():
+            return
+        flat = real.detach().float().transpose(0, 1).flatten(1)  # (C, B * H * W)
+        low, high = self.gather(flat.amin(1)[None]).amin(0), self.gather(flat.amax(1)[None]).amax(0)
+        self.pixel_range.copy_(torch.stack([low, high]))
 
     def discriminate(self, images: torch.Tensor) -> torch.Tensor:
         with frozen_batchnorm_stats(self.backbone):
@@ -64,6 +80,7 @@ class GAN(TwoPlayer, SSLMethod):
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The discriminator's loss on real images and (detached) fakes."""
         real = views[0]
+        self.measure_range(real)
         feats = self.backbone(real)
         loss = discriminator_bce(self.real_fake(feats).squeeze(1), self.discriminate(self.fakes(len(real)).detach()))
         return loss, feats
@@ -74,4 +91,4 @@ class GAN(TwoPlayer, SSLMethod):
     def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         generator = torch.Generator(self.device).manual_seed(0)
         z = torch.randn((4 * len(images), self.cfg.method.latent_dim), generator=generator, device=self.device)
-        return {"samples": self.generator(z)}
+        return {"samples": self.generate(z)}
