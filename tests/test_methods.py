@@ -8,45 +8,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from method_helpers import SIZE, Views, build, fixed_views
+from torch.utils.data import DataLoader
 
 import sslrun.methods.base as base
-from sslrun.config import validate
-from sslrun.data.recipes import recipe_views
 from sslrun.methods import METHODS
 from sslrun.methods.momentum import cosine_momentum
-from sslrun.pretrain import schema
-
-SIZE = 16
-
-
-def method_config(name: str, *extra: str, backbone: str | None = None) -> dict:
-    GlobalHydra.instance().clear()
-    backbone = backbone or (METHODS.get(name).backbones or ("convnet",))[0]
-    overrides = [f"method={name}", f"backbone={backbone}", "backbone.width=0.25", "trainer=debug", "optim=sgd", *extra]
-    with initialize_config_module("sslrun.configs", version_base="1.3"):
-        cfg = compose("pretrain", overrides=overrides)
-    return OmegaConf.to_container(validate(cfg, schema(cfg)), resolve=True)
-
-
-def build(name: str, *extra: str, backbone: str | None = None):
-    cfg = method_config(name, *extra, backbone=backbone)
-    return METHODS.get(name)(cfg, in_channels=1, image_size=SIZE, num_classes=10)
-
-
-def fixed_views(model, n: int = 32, seed: int = 0) -> list[torch.Tensor]:
-    """One batch per view the method asks for, at that view's size: correlated noise images."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, 1, SIZE, SIZE, generator=g)
-    views = []
-    for spec in type(model).view_specs(model.cfg.method):
-        size = spec.resolve(recipe_views(), SIZE).size
-        view = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        views.append(view + 0.5 * torch.randn(view.shape, generator=g))
-    return views
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -153,17 +120,6 @@ def test_cosine_momentum_runs_from_base_to_final():
     assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
     assert cosine_momentum(50, 100, 0.99) == pytest.approx(0.995)
     assert cosine_momentum(100, 100, 0.99) == pytest.approx(1.0)
-
-
-class Views(Dataset):
-    def __init__(self, views):
-        self.views = views
-
-    def __len__(self):
-        return len(self.views[0])
-
-    def __getitem__(self, i):
-        return tuple(v[i] for v in self.views), i % 10
 
 
 def test_ema_steps_follow_optimizer_steps_under_gradient_accumulation(monkeypatch):

@@ -7,12 +7,12 @@ import copy
 import pytest
 import pytorch_lightning as pl
 import torch
+from method_helpers import SIZE, Views, build, fixed_views
 from torch.utils.data import DataLoader
 
 from sslrun.losses import reconstruction_mse
 from sslrun.methods.jigsaw import cut_tiles, hamming_permutations
 from sslrun.methods.rotation import rotate_all
-from tests.test_methods import SIZE, Views, build, fixed_views
 
 
 def test_rotation_labels_name_the_counter_clockwise_quarter_turns():
