@@ -2,7 +2,8 @@
 then evaluated by ``sslrun finetune mode=linear`` (linear probe top-1 and kNN top-1 on the held-out split), beside a
 random-init encoder under the same protocol. One row per method, mean +- std over ``--seeds``. ``--layers`` also
 probes earlier stages (``eval.layer``) and reports each method's best layer beside its last; ``--full N`` adds N
-epochs of full fine-tuning. Prints a Markdown table and writes it, with one JSON line per run, to ``--out``.
+epochs of full fine-tuning (``--full-overrides``: settings for that run only, e.g. AdamW for ViTs). Prints a
+Markdown table and writes it, with one JSON line per run, to ``--out``.
 
     python scripts/compare_methods.py --out runs/compare --seeds 0 \\
         --both data=fashion_mnist backbone=resnet18 backbone.width=0.25 -- trainer.max_epochs=8
@@ -62,7 +63,12 @@ def evaluate(out: Path, name: str, seed: int, pretrained: str, args: argparse.Na
         )
     if args.full:
         results["full"] = sslrun(
-            out / f"{name}-s{seed}-full", "finetune", "mode=full", f"trainer.max_epochs={args.full}", *common
+            out / f"{name}-s{seed}-full",
+            "finetune",
+            "mode=full",
+            f"trainer.max_epochs={args.full}",
+            *common,
+            *args.full_overrides,
         )
     return {k: v for k, v in results.items() if v}
 
@@ -95,6 +101,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--layers", nargs="*", default=[], help="also probe these stages (eval.layer), e.g. layer2")
     parser.add_argument("--full", type=int, default=0, help="also fine-tune the whole encoder for this many epochs")
+    parser.add_argument("--full-overrides", nargs="*", default=[], help="overrides for the full fine-tune only")
     parser.add_argument("--both", nargs="*", default=[], help="overrides for pretrain and finetune")
     parser.add_argument("overrides", nargs="*", help="overrides for pretrain only")
     args = parser.parse_args()
@@ -132,7 +139,8 @@ def main() -> None:
         header.append(f"fine-tune top-1 ({args.full} epochs)")
     header += ["pretrain img/s", "pretrain min"]
     layers = f"; layers probed: last, {', '.join(args.layers)} (`eval.layer`)" if args.layers else ""
-    full = f"; full fine-tune: `sslrun finetune mode=full trainer.max_epochs={args.full}`" if args.full else ""
+    full_cmd = " ".join(["mode=full", f"trainer.max_epochs={args.full}", *args.full_overrides])
+    full = f"; full fine-tune: `sslrun finetune {full_cmd}`" if args.full else ""
     protocol = (
         f"Protocol: pretrain `{' '.join(args.both + args.overrides)}`, seeds {args.seeds}; evaluation `sslrun finetune "
         f"mode=linear` (frozen encoder: linear probe top-1 and kNN top-1, k=20, T=0.1, on the held-out split){layers}"
