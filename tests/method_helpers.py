@@ -51,3 +51,20 @@ class Views(Dataset):
 
     def __getitem__(self, i):
         return tuple(v[i] for v in self.views), i % 10
+
+
+def train_on_a_fixed_batch(model, views: list[torch.Tensor], steps: int) -> tuple[list[float], torch.Tensor]:
+    """``steps`` Adam steps of the SSL loss itself (not the probe's) on one batch; the method's state (queues, DINO's
+    centre) is held fixed, so the objective is fixed too (DINO's loss rises as its centre moves, by design).
+    Returns the losses and the last features."""
+    opt = torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("probe")], lr=1e-3)
+    state = {k: v.clone() for k, v in model.named_buffers()}
+    losses = []
+    for _ in range(steps):
+        model.load_state_dict(state, strict=False)
+        opt.zero_grad()
+        loss, feats = model.ssl_step(views)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, feats

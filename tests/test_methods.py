@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from method_helpers import SIZE, Views, build, fixed_views
+from method_helpers import SIZE, Views, build, fixed_views, train_on_a_fixed_batch
 from torch.utils.data import DataLoader
 
 import sslrun.methods.base as base
@@ -20,19 +20,7 @@ from sslrun.methods.momentum import cosine_momentum
 def test_ssl_loss_itself_decreases_on_a_fixed_batch(name):
     torch.manual_seed(0)
     model = build(name)
-    views = fixed_views(model)
-    opt = torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("probe")], lr=1e-3)
-    # The method's state (queues, DINO's centre) is held fixed, so the objective is fixed too: DINO's loss rises
-    # as its centre moves, by design.
-    state = {k: v.clone() for k, v in model.named_buffers()}
-    losses = []
-    for _ in range(15):
-        model.load_state_dict(state, strict=False)
-        opt.zero_grad()
-        loss, feats = model.ssl_step(views)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses, feats = train_on_a_fixed_batch(model, fixed_views(model), steps=15)
     assert feats.shape == (32, model.backbone.feature_dim)
     assert all(v == v for v in losses), losses
     assert losses[-1] < losses[0] - 0.05 * max(1.0, abs(losses[0])), losses
@@ -43,17 +31,7 @@ def test_joint_embedding_methods_train_a_vit(name):
     """ViTs serve the joint-embedding family too; DINO's smaller local crops get resized position embeddings."""
     torch.manual_seed(0)
     model = build(name, "method.local_crops=2" if name == "dino" else "seed=0", backbone="vit_tiny")
-    views = fixed_views(model, n=16)
-    opt = torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("probe")], lr=1e-3)
-    state = {k: v.clone() for k, v in model.named_buffers()}
-    losses = []
-    for _ in range(5):
-        model.load_state_dict(state, strict=False)
-        opt.zero_grad()
-        loss, feats = model.ssl_step(views)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses, feats = train_on_a_fixed_batch(model, fixed_views(model, n=16), steps=5)
     assert feats.shape == (16, model.backbone.feature_dim)
     assert losses[-1] < losses[0], losses
 

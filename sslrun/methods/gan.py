@@ -3,12 +3,13 @@ backbone, and that trunk is what ``sslrun finetune`` evaluates, as DCGAN evaluat
 
 Generator: the shared ``ConvDecoder`` (DCGAN's: transposed convolutions with BN and ReLU) from a ``latent_dim``
 standard normal code, its tanh output mapped onto the range of the real (normalised) pixels, measured on the first
-batch and kept as a buffer (DCGAN's tanh against images scaled to [-1, 1]). Discriminator: the backbone and a linear real/fake logit on its pooled features. Losses: the
-discriminator's binary cross-entropy and the non-saturating generator loss (Goodfellow et al. 2014). Real and fake
-images go through the discriminator as separate batches (DCGAN's practice), and the fake passes leave the batch-norm
-running statistics alone, so the evaluated trunk normalises by real-image statistics. Optimiser: Adam at DCGAN's
-lr 2e-4, betas (0.5, 0.999), constant (``optim=adam``, the method's default). Samples from a fixed code are
-written each evaluation epoch (``images/samples_epochNNN.png``).
+batch and kept as a buffer (DCGAN's tanh against images scaled to [-1, 1]). Discriminator: the backbone and a linear
+real/fake logit on its pooled features. Losses: the discriminator's binary cross-entropy and the non-saturating
+generator loss (Goodfellow et al. 2014). Real and fake images go through the discriminator as separate batches
+(DCGAN's practice), and the fake passes leave the batch-norm running statistics alone, so the evaluated trunk
+normalises by real-image statistics. Optimiser: Adam at DCGAN's lr 2e-4, betas (0.5, 0.999), constant
+(``optim=adam``, the method's default). Samples from a fixed code are written each evaluation epoch
+(``images/samples_epochNNN.png``).
 """
 
 from __future__ import annotations
