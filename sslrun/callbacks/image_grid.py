@@ -11,6 +11,8 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid, save_image
 
+from sslrun.callbacks.epochs import evaluation_due
+
 GRID_IMAGES = 8
 
 
@@ -18,12 +20,9 @@ class ImageGrids(pl.Callback):
     def __init__(self, out_dir: Path, every_n_epochs: int = 1) -> None:
         self.out_dir = Path(out_dir) / "images"
         self.every_n_epochs = max(1, every_n_epochs)
-        self.written: list[Path] = []
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epochs_done = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
-        last = epochs_done or 0 < trainer.max_steps <= trainer.global_step
-        if ((trainer.current_epoch + 1) % self.every_n_epochs and not last) or not trainer.is_global_zero:
+        if not evaluation_due(trainer, self.every_n_epochs) or not trainer.is_global_zero:
             return
         data = trainer.datamodule
         images = next(iter(data.eval_dataloaders()[1]))[0][:GRID_IMAGES]
@@ -40,7 +39,6 @@ class ImageGrids(pl.Callback):
             grid = make_grid(pixels, nrow=len(images), padding=1, pad_value=1.0)
             path = self.out_dir / f"{name}_epoch{trainer.current_epoch + 1:03d}.png"
             save_image(grid, path)
-            self.written.append(path)
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     logger.experiment.add_image(name, grid, trainer.global_step)

@@ -8,6 +8,7 @@ import logging
 
 import pytorch_lightning as pl
 
+from sslrun.callbacks.epochs import evaluation_due
 from sslrun.callbacks.features import extract_features, knn_predict, rankme, topk_accuracy
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,7 @@ class KNNMonitor(pl.Callback):
         self._said_unlabelled = False
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epochs_done = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
-        last = epochs_done or 0 < trainer.max_steps <= trainer.global_step
-        if (trainer.current_epoch + 1) % self.every_n_epochs and not last:
+        if not evaluation_due(trainer, self.every_n_epochs):
             return
         if pl_module.probe is None and not self._said_unlabelled:
             log.info(
