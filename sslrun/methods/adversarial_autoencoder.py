@@ -24,7 +24,7 @@ from sslrun.losses import discriminator_bce, generator_non_saturating, reconstru
 from sslrun.methods import METHODS
 from sslrun.methods.adversarial import TwoPlayer
 from sslrun.methods.base import SSLMethod
-from sslrun.methods.decoders import ConvDecoder
+from sslrun.methods.decoders import ConvDecoder, fixed_codes, prior_codes
 
 
 @dataclass
@@ -58,10 +58,6 @@ class AdversarialAutoencoder(TwoPlayer, SSLMethod):
     def players(self) -> tuple[nn.Module, nn.Module]:
         return nn.ModuleList([self.backbone, self.to_code, self.decoder]), self.discriminator
 
-    def prior(self, n: int) -> torch.Tensor:
-        k = self.cfg.method.latent_dim
-        return self.draw(n, lambda m, g: torch.randn((m, k), generator=g, device=self.device))
-
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The autoencoder's loss: reconstruction + ``adv_weight`` x fooling the discriminator."""
         images = views[0]
@@ -76,11 +72,10 @@ class AdversarialAutoencoder(TwoPlayer, SSLMethod):
     def second_player_loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         """The discriminator's loss: prior codes real, the encoder's codes of this batch (from ``ssl_step``) fake."""
         codes = self._codes
-        prior = self.prior(len(codes)).to(codes.dtype)
+        prior = prior_codes(self, len(codes), codes.shape[1]).to(codes.dtype)
         return discriminator_bce(self.discriminator(prior).squeeze(1), self.discriminator(codes).squeeze(1))
 
     def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         reconstruction = self.decoder(self.to_code(self.backbone(images)))
-        generator = torch.Generator(self.device).manual_seed(0)
-        prior = torch.randn((2 * len(images), self.cfg.method.latent_dim), generator=generator, device=self.device)
+        prior = fixed_codes(2 * len(images), self.cfg.method.latent_dim, self.device)
         return {"reconstruction": torch.cat([images, reconstruction]), "samples": self.decoder(prior)}

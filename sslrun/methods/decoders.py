@@ -1,4 +1,5 @@
-"""The image decoder shared by the autoencoders, the VAE, the adversarial autoencoder and the GAN's generator.
+"""The image decoder shared by the autoencoders, the VAE, the adversarial autoencoder and the GAN's generator, and the
+standard normal codes the latter three decode from (drawn per step for training, fixed for the picture grids).
 
 DCGAN-style (Radford et al. 2016): a linear layer to a small (width, s0, s0) map, then stride-2 transposed
 convolutions (BN, ReLU), each halving the channels (down to 16), then a 3x3 convolution to the data's channels. The
@@ -8,6 +9,8 @@ final squashing (the data is standardised, not in [-1, 1]).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,3 +46,14 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(self.fc(z).view(-1, self.width, self.start, self.start))
+
+
+def prior_codes(method: Any, n: int, dim: int) -> torch.Tensor:
+    """(n, dim) standard normal codes for this rank's ``n`` rows, drawn for the global batch (``SSLMethod.draw``):
+    the VAE's reparameterisation noise, the adversarial autoencoder's prior, the GAN's latents."""
+    return method.draw(n, lambda m, g: torch.randn((m, dim), generator=g, device=method.device))
+
+
+def fixed_codes(n: int, dim: int, device: torch.device) -> torch.Tensor:
+    """(n, dim) standard normal codes from seed 0: the same samples in every epoch's picture grid."""
+    return torch.randn((n, dim), generator=torch.Generator(device).manual_seed(0), device=device)

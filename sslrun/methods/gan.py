@@ -27,7 +27,7 @@ from sslrun.losses import discriminator_bce, generator_non_saturating
 from sslrun.methods import METHODS
 from sslrun.methods.adversarial import TwoPlayer, frozen_batchnorm_stats
 from sslrun.methods.base import SSLMethod
-from sslrun.methods.decoders import ConvDecoder
+from sslrun.methods.decoders import ConvDecoder, fixed_codes, prior_codes
 
 
 @dataclass
@@ -64,8 +64,7 @@ class GAN(TwoPlayer, SSLMethod):
         return low + (high - low) * (torch.tanh(self.generator(z)) + 1) / 2
 
     def fakes(self, n: int) -> torch.Tensor:
-        k = self.cfg.method.latent_dim
-        return self.generate(self.draw(n, lambda m, g: torch.randn((m, k), generator=g, device=self.device)))
+        return self.generate(prior_codes(self, n, self.cfg.method.latent_dim))
 
     def measure_range(self, real: torch.Tensor) -> None:
         if not torch.isnan(self.pixel_range).any():
@@ -90,6 +89,4 @@ class GAN(TwoPlayer, SSLMethod):
         return generator_non_saturating(self.discriminate(self.fakes(len(views[0]))))
 
     def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        generator = torch.Generator(self.device).manual_seed(0)
-        z = torch.randn((4 * len(images), self.cfg.method.latent_dim), generator=generator, device=self.device)
-        return {"samples": self.generate(z)}
+        return {"samples": self.generate(fixed_codes(4 * len(images), self.cfg.method.latent_dim, self.device))}

@@ -20,7 +20,7 @@ from sslrun.data.views import ViewSpec, single_view
 from sslrun.losses import gaussian_kl, vae
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
-from sslrun.methods.decoders import ConvDecoder
+from sslrun.methods.decoders import ConvDecoder, fixed_codes, prior_codes
 
 
 @dataclass
@@ -47,22 +47,16 @@ class VAE(SSLMethod):
     def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
         return single_view()
 
-    def gaussian(self, n: int) -> torch.Tensor:
-        """(n, latent_dim) standard normal rows, drawn for the global batch (``draw``)."""
-        k = self.cfg.method.latent_dim
-        return self.draw(n, lambda m, g: torch.randn((m, k), generator=g, device=self.device))
-
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images = views[0]
         feats = self.backbone(images)
         mu, logvar = self.mu(feats), self.logvar(feats)
-        z = mu + (0.5 * logvar).exp() * self.gaussian(len(images)).to(mu.dtype)
+        z = mu + (0.5 * logvar).exp() * prior_codes(self, len(images), mu.shape[1]).to(mu.dtype)
         loss = vae(self.decoder(z), images, mu, logvar, self.cfg.method.beta)
         self.log("kl", gaussian_kl(mu.detach(), logvar.detach()), on_step=True, on_epoch=False)
         return loss, feats
 
     def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         reconstruction = self.decoder(self.mu(self.backbone(images)))
-        generator = torch.Generator(self.device).manual_seed(0)
-        prior = torch.randn((2 * len(images), self.cfg.method.latent_dim), generator=generator, device=self.device)
+        prior = fixed_codes(2 * len(images), self.cfg.method.latent_dim, self.device)
         return {"reconstruction": torch.cat([images, reconstruction]), "samples": self.decoder(prior)}
