@@ -36,6 +36,18 @@ def sincos_2d(dim: int, grid: int) -> torch.Tensor:
     return nn.functional.pad(out, (0, dim - out.shape[1])).float()
 
 
+def position_embeddings(dim: int, grid: int) -> torch.Tensor:
+    """(1, 1 + grid^2, dim) fixed embeddings: zeros for the class token, then ``sincos_2d`` for the patches."""
+    return torch.cat([torch.zeros(1, dim), sincos_2d(dim, grid)]).unsqueeze(0)
+
+
+def transformer_block(dim: int, heads: int) -> nn.TransformerEncoderLayer:
+    """One pre-norm transformer block, MLP ratio 4, GELU, no dropout (the encoder's and MAE's decoder's)."""
+    return nn.TransformerEncoderLayer(
+        dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )
+
+
 def resolve_patch_size(value: object, image_size: int) -> int:
     if value == "auto":
         patch = LARGE_IMAGE_PATCH if image_size >= LARGE_IMAGE_MIN_SIZE else SMALL_IMAGE_PATCH
@@ -60,14 +72,8 @@ class ViT(nn.Module):
         self.grid = image_size // patch_size
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        pos = torch.cat([torch.zeros(1, dim), sincos_2d(dim, self.grid)])
-        self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=False)  # (1, 1 + N, dim), fixed
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-            )
-            for _ in range(depth)
-        )
+        self.register_buffer("pos_embed", position_embeddings(dim, self.grid), persistent=False)  # fixed
+        self.blocks = nn.ModuleList(transformer_block(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.depth = depth
         self.feature_dim = dim

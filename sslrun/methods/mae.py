@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from sslrun.backbones.vit import sincos_2d
+from sslrun.backbones.vit import position_embeddings, transformer_block
 from sslrun.config import MethodConfig
 from sslrun.data.views import ViewSpec, single_view
 from sslrun.errors import UserError
@@ -56,14 +56,8 @@ class MAE(SSLMethod):
         self.decoder_embed = nn.Linear(self.backbone.feature_dim, d)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         nn.init.normal_(self.mask_token, std=0.02)
-        pos = torch.cat([torch.zeros(1, d), sincos_2d(d, self.backbone.grid)])
-        self.register_buffer("decoder_pos", pos.unsqueeze(0), persistent=False)
-        self.decoder_blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                d, m.decoder_heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-            )
-            for _ in range(m.decoder_depth)
-        )
+        self.register_buffer("decoder_pos", position_embeddings(d, self.backbone.grid), persistent=False)
+        self.decoder_blocks = nn.ModuleList(transformer_block(d, m.decoder_heads) for _ in range(m.decoder_depth))
         self.decoder_norm = nn.LayerNorm(d)
         self.decoder_pred = nn.Linear(d, self.patch * self.patch * in_channels)
 
