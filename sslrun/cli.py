@@ -13,7 +13,10 @@ HYDRA_COMMANDS = {
     "finetune": "linear probe + kNN or full fine-tune of a pretrained or random-init encoder",
     "export": "write a pretrained backbone as a plain state_dict (pretrained=<ckpt|run dir> out=<file>)",
 }
-PLAIN_COMMANDS = {"list": ("sslrun.listing", "methods, backbones, datasets, optimizers and loss backends")}
+PLAIN_COMMANDS = {
+    "list": ("sslrun.listing", "methods, backbones, datasets, optimizers and loss backends"),
+    "report": ("sslrun.report", "tables and plots from run dirs and sweeps (RUN_OR_SWEEP_DIR ... [--out DIR])"),
+}
 
 USAGE = """usage: sslrun <command> [key=value ...] [-m] [--cfg job] [--help]
 
@@ -26,6 +29,7 @@ examples:
   sslrun finetune pretrained=runs/pretrain/<run> mode=linear
   sslrun finetune pretrained=none mode=linear
   sslrun export pretrained=runs/pretrain/<run> out=encoder.pt
+  sslrun report runs/pretrain-multirun/<sweep>
   sslrun <command> --help    (config groups and options of that command)"""
 
 
