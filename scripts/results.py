@@ -1,10 +1,12 @@
 """The README's results tables: ``sslrun pretrain``, then ``sslrun finetune mode=linear`` of that checkpoint and of a
-random init (``pretrained=none``) under the same protocol. Prints a Markdown table and one JSON line. Positional
-overrides go to ``pretrain`` only; ``--both`` overrides (backbone, data, seed) to all three runs.
+random init (``pretrained=none``) under the same protocol, for each of ``--seeds`` (mean ± std when more than one).
+Prints a Markdown table and one JSON line. Positional overrides go to ``pretrain`` only; ``--both`` overrides
+(backbone, data) to all three runs; ``seed=<s>`` is added to all three. A run whose metrics.json exists under
+``--out`` is read back, not run again.
 
-    python scripts/results.py --out runs/results
-    python scripts/results.py --out runs/folder --both backbone=resnet18 backbone.width=0.25 data=imagefolder \
-        data.root=runs/data/fmnist -- trainer.max_epochs=8
+    python scripts/results.py --out runs/results --seeds 0 1 2
+    python scripts/results.py --out runs/folder --seeds 0 1 2 --both backbone=resnet18 backbone.width=0.25 \
+        data=imagefolder data.root=runs/data/fmnist -- trainer.max_epochs=8
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -19,42 +22,50 @@ from pathlib import Path
 SSLRUN = shutil.which("sslrun") or str(Path(sys.executable).with_name("sslrun"))
 
 
-def sslrun(*args: str) -> dict:
-    run_dir = next(a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir="))
-    subprocess.run([SSLRUN, *args, "trainer.enable_progress_bar=false"], check=True)
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
+def sslrun(run_dir: Path, *args: str) -> dict:
+    metrics = run_dir / "metrics.json"
+    if not metrics.exists():
+        cmd = [SSLRUN, *args, f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
+        subprocess.run(cmd, check=True)
+    return json.loads(metrics.read_text())
+
+
+def cell(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/results")
     parser.add_argument("--method", default="contrastive")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--both", nargs="*", default=[], help="overrides for pretrain and both finetune runs")
     parser.add_argument("overrides", nargs="*", help="overrides for pretrain only")
     args = parser.parse_args()
     out = Path(args.out)
-    pre = sslrun("pretrain", f"method={args.method}", f"hydra.run.dir={out / 'pretrain'}", *args.both, *args.overrides)
-    ssl = sslrun(
-        "finetune", f"pretrained={out / 'pretrain'}", "mode=linear", f"hydra.run.dir={out / 'linear'}", *args.both
-    )
-    rand = sslrun("finetune", "pretrained=none", "mode=linear", f"hydra.run.dir={out / 'random'}", *args.both)
-    rows = [
-        ("random init", "-", "-", rand["knn_top1"], rand["top1"], rand["top5"]),
-        (
-            args.method,
-            f"{pre['seconds'] / 60:.1f}",
-            f"{pre['img_per_s']:.0f}",
-            ssl["knn_top1"],
-            ssl["top1"],
-            ssl["top5"],
-        ),
-    ]
-    print(f"\nbackbone: {ssl['backbone']}")
+    runs = []
+    for seed in args.seeds:
+        where = out / f"s{seed}" if len(args.seeds) > 1 or seed != 0 else out
+        both = [f"seed={seed}", *args.both]
+        pre = sslrun(where / "pretrain", "pretrain", f"method={args.method}", *both, *args.overrides)
+        ssl = sslrun(where / "linear", "finetune", f"pretrained={where / 'pretrain'}", "mode=linear", *both)
+        rand = sslrun(where / "random", "finetune", "pretrained=none", "mode=linear", *both)
+        runs.append({"seed": seed, "pretrain": pre, "linear": ssl, "random": rand})
+
+    def values(run: str, key: str) -> list[float]:
+        return [r[run][key] for r in runs]
+
+    minutes = cell([m / 60 for m in values("pretrain", "seconds")], 1)
+    speed = cell(values("pretrain", "img_per_s"), 0)
+    print(f"\nbackbone: {runs[0]['linear']['backbone']}; seeds {args.seeds}")
     print("| encoder | pretrain min | pretrain img/s | kNN top-1 | linear top-1 | linear top-5 |")
     print("|---|---|---|---|---|---|")
-    for name, minutes, speed, knn, top1, top5 in rows:
-        print(f"| {name} | {minutes} | {speed} | {knn:.3f} | {top1:.3f} | {top5:.3f} |")
-    print(json.dumps({"pretrain": pre, "linear": ssl, "random": rand}))
+    for name, run, mins, imgs in (("random init", "random", "-", "-"), (args.method, "linear", minutes, speed)):
+        scores = [cell(values(run, key)) for key in ("knn_top1", "top1", "top5")]
+        print(f"| {name} | {mins} | {imgs} | {' | '.join(scores)} |")
+    print(json.dumps(runs))
 
 
 if __name__ == "__main__":

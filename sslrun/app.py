@@ -4,7 +4,6 @@ is composed and validated, so a typo or an unknown name ends in one clear line a
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from types import ModuleType
 
 import hydra
@@ -15,37 +14,51 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from sslrun import console, launch
 from sslrun.config import unknown_key_message, validate
-from sslrun.errors import UserError
+from sslrun.errors import Diverged, RunStopped, UserError
 from sslrun.registry import unknown_name_message
 
 CONFIG_MODULE = "sslrun.configs"
 
 
 def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
-    """``command`` provides ``schema(cfg) -> dataclass instance`` and ``run(cfg) -> dict``; ``run`` shows the config
-    with ``outputs.record_config`` once its ``auto`` values are resolved."""
+    """``command`` provides ``schema(cfg) -> dataclass instance`` and ``run(cfg) -> dict``, and may provide
+    ``check(cfg)`` (checks across keys); ``run`` shows the config with ``outputs.record_config`` once its ``auto``
+    values are resolved."""
     args = get_args_parser().parse_args(argv)
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:
-            precheck(name, command.schema, args.overrides)
+            precheck(name, command, args.overrides)
         except UserError as err:
             console.fail(str(err))
 
     def task(cfg: DictConfig) -> None:
         try:
-            command.run(validate(cfg, command.schema(cfg)))
+            command.run(checked(cfg, command))
         except UserError as err:
             console.fail(str(err))
+        except RunStopped as err:
+            console.fail(str(err), err.status, "error" if isinstance(err, Diverged) else "stopped")
+        except SIGTERMException:  # Lightning's own stop, at an epoch end (after that epoch's checkpoint)
+            console.fail("stopped by SIGTERM; run the same command again to continue (resume=auto)", 143, "stopped")
 
     sys.argv = [str(launch.script(name)), *argv]
     hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=name, version_base="1.3")(task)()
 
 
-def precheck(name: str, schema: Callable[[DictConfig], object], overrides: list[str]) -> None:
-    """Compose and validate the config for every override combination; raise UserError on the first problem."""
+def checked(cfg: DictConfig, command: ModuleType) -> DictConfig:
+    """``cfg`` typed by the command's schema, every value and cross-key check passed."""
+    typed = validate(cfg, command.schema(cfg))
+    if hasattr(command, "check"):
+        command.check(typed)
+    return typed
+
+
+def precheck(name: str, command: ModuleType, overrides: list[str]) -> None:
+    """Compose and check the config for every override combination; raise UserError on the first problem."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
@@ -57,11 +70,11 @@ def precheck(name: str, schema: Callable[[DictConfig], object], overrides: list[
         loader = GlobalHydra.instance().config_loader()
         groups = set(loader.list_groups(""))
         for combo in combos:
-            _check_combo(name, schema, combo, loader, groups)
+            _check_combo(name, command, combo, loader, groups)
     GlobalHydra.instance().clear()
 
 
-def _check_combo(name: str, schema, combo: list[str], loader, groups: set[str]) -> None:
+def _check_combo(name: str, command: ModuleType, combo: list[str], loader, groups: set[str]) -> None:
     items = OverridesParser.create().parse_overrides(combo)
     group_overrides = []
     for item in items:
@@ -79,7 +92,7 @@ def _check_combo(name: str, schema, combo: list[str], loader, groups: set[str]) 
             continue
         if not _has_key(base, key):
             raise UserError(unknown_key_message(base, key))
-    validate(_compose(name, combo), schema(base))
+    checked(_compose(name, combo), command)
 
 
 def _has_key(cfg: DictConfig, key: str) -> bool:

@@ -6,8 +6,11 @@ schema with struct mode on, so an unknown key or a value of the wrong type fails
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -18,19 +21,65 @@ from sslrun.errors import UserError
 PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A value check carried by a schema field (``checked``); ``validate`` applies it before any work starts."""
+
+    test: Callable[[Any], bool]
+    expect: str
+
+    def holds(self, value: Any) -> bool:
+        try:
+            return bool(self.test(value))
+        except TypeError:  # e.g. a string where a number belongs
+            return False
+
+
+def checked(default: Any, rule: Rule) -> Any:
+    """A dataclass field whose value must satisfy ``rule`` (None always passes: an optional value left unset)."""
+    return field(default=default, metadata={"rule": rule})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(lambda v: v in choices, f"one of: {', '.join(choices)}")
+
+
+def or_auto(rule: Rule) -> Rule:
+    return Rule(lambda v: v == "auto" or rule.holds(v), f"{rule.expect}, or auto")
+
+
+POSITIVE = Rule(lambda v: _number(v) and v > 0, "a number > 0")
+POSITIVE_INT = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "an integer > 0")
+NON_NEGATIVE = Rule(lambda v: _number(v) and v >= 0, "a number >= 0")
+NON_NEGATIVE_INT = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0")
+UNIT = Rule(lambda v: _number(v) and 0 <= v <= 1, "between 0 and 1")
+OPEN_UNIT = Rule(lambda v: _number(v) and 0 < v < 1, "between 0 and 1 (exclusive)")
+HALF_OPEN_UNIT = Rule(lambda v: _number(v) and 0 < v <= 1, "in (0, 1]")
+LAYER_NAMES = ("last", "layer1", "layer2", "layer3", "layer4")
+RESUME_CHOICES = ("auto", "never", "overwrite")
+RESUME = Rule(
+    lambda v: v in RESUME_CHOICES or Path(str(v)).expanduser().is_file(),
+    f"one of: {', '.join(RESUME_CHOICES)}, or an existing checkpoint file",
+)
+
+
 @dataclass
 class ViewsConfig:
     """Two-view augmentation recipe (SimCLR); sizes follow ``data.image_size``. ``recipe`` (auto: ``small`` below
     96 px, ``imagenet`` from 96 px) fills every value left null; a value set here overrides the recipe's.
     ``batched`` (auto: when the dataset is held in memory) makes the views a batch at a time on the device."""
 
-    recipe: str = "auto"
-    crop_min_scale: float | None = None
-    flip_p: float | None = None
-    jitter_p: float | None = None
-    jitter_strength: float | None = None
-    grayscale_p: float | None = None
-    blur_p: float | None = None
+    recipe: str = checked("auto", one_of("auto", "small", "imagenet"))
+    crop_min_scale: float | None = checked(None, HALF_OPEN_UNIT)
+    flip_p: float | None = checked(None, UNIT)
+    jitter_p: float | None = checked(None, UNIT)
+    jitter_strength: float | None = checked(None, NON_NEGATIVE)
+    grayscale_p: float | None = checked(None, UNIT)
+    blur_p: float | None = checked(None, UNIT)
     batched: Any = "auto"
 
 
@@ -39,14 +88,17 @@ class DataConfig:
     name: str = MISSING
     root: str | None = None
     download: bool = True
-    batch_size: int = 256
-    num_workers: Any = "auto"
-    image_size: Any = "auto"
+    batch_size: int = checked(256, POSITIVE_INT)
+    num_workers: Any = checked("auto", or_auto(NON_NEGATIVE_INT))
+    image_size: Any = checked("auto", or_auto(POSITIVE_INT))
     cache: str = "auto"
-    cache_max_mb: int = 4096
+    cache_max_mb: int = checked(4096, POSITIVE)
     strict: bool = False
-    limit: int | None = None
-    val_fraction: float = 0.2
+    limit: int | None = checked(None, POSITIVE_INT)
+    val_fraction: float = checked(0.2, OPEN_UNIT)
+    # sslrun finetune trains the probe / fine-tune (and uses as the kNN bank) a fixed subset of the labelled train
+    # split, seeded by the run's seed, class-stratified, at least one image per class; pretraining keeps 1.0
+    label_fraction: float = checked(1.0, HALF_OPEN_UNIT)
     views: ViewsConfig = field(default_factory=ViewsConfig)
 
 
@@ -56,23 +108,23 @@ class BackboneConfig:
     stem up to 64 px); ``patch_size`` the ViTs' (auto: 4 below 96 px, 16 from 96 px)."""
 
     name: str = MISSING
-    width: float = 1.0
-    stem: str = "auto"
-    patch_size: Any = "auto"
+    width: float = checked(1.0, POSITIVE)
+    stem: str = checked("auto", one_of("auto", "cifar", "imagenet"))
+    patch_size: Any = checked("auto", or_auto(POSITIVE_INT))
 
 
 @dataclass
 class OptimConfig:
     name: str = MISSING
-    lr: float = 0.3
+    lr: float = checked(0.3, POSITIVE)
     scale_lr: Any = "linear"  # linear | sqrt | none (true = linear, false = none)
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
+    weight_decay: float = checked(1e-6, NON_NEGATIVE)
+    momentum: float = checked(0.9, UNIT)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    trust_coefficient: float = 0.001
+    trust_coefficient: float = checked(0.001, POSITIVE)
     exclude_bias_and_norm: bool = True
-    warmup_epochs: Any = "auto"
-    min_lr_ratio: float = 0.0
+    warmup_epochs: Any = checked("auto", or_auto(NON_NEGATIVE))
+    min_lr_ratio: float = checked(0.0, UNIT)
 
 
 @dataclass
@@ -80,17 +132,19 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "32"
+    num_nodes: int = checked(1, POSITIVE_INT)
+    precision: str = checked("32", one_of(*PRECISIONS))
     channels_last: bool = False
     max_epochs: int = 100
     max_steps: int = -1
-    limit_train_batches: Any = 1.0
-    log_every_n_steps: int = 10
-    gradient_clip_val: float | None = None
+    limit_train_batches: Any = checked(1.0, POSITIVE)
+    log_every_n_steps: int = checked(10, POSITIVE_INT)
+    gradient_clip_val: float | None = checked(None, POSITIVE)
     sync_batchnorm: bool = False
     deterministic: bool = False
     enable_progress_bar: bool = True
+    checkpoint_every_n_steps: int | None = checked(None, POSITIVE_INT)  # besides every epoch end (null: off)
+    checkpoint_every_n_minutes: float | None = checked(30.0, POSITIVE)  # besides every epoch end (null: off)
 
 
 @dataclass
@@ -114,12 +168,12 @@ class EvalConfig:
     """kNN monitor and linear-probe protocol, shared by pretraining (online) and ``sslrun finetune``. ``layer``: the
     backbone stage ``sslrun finetune`` evaluates, ``last`` or ``layer1`` .. ``layer4`` (pooled)."""
 
-    knn_k: int = 20
-    knn_temperature: float = 0.1
-    every_n_epochs: int = 1
-    probe_lr: float = 0.1
-    probe_epochs: int = 100
-    layer: str = "last"
+    knn_k: int = checked(20, POSITIVE_INT)
+    knn_temperature: float = checked(0.1, POSITIVE)
+    every_n_epochs: int = checked(1, POSITIVE_INT)
+    probe_lr: float = checked(0.1, POSITIVE)
+    probe_epochs: int = checked(100, POSITIVE_INT)
+    layer: str = checked("last", one_of(*LAYER_NAMES))
 
 
 @dataclass
@@ -127,8 +181,8 @@ class MethodConfig:
     """Fields every method has; each method module subclasses this with its own hyper-parameters."""
 
     name: str = MISSING
-    proj_hidden_dim: int = 512
-    proj_output_dim: int = 128
+    proj_hidden_dim: int = checked(512, POSITIVE_INT)
+    proj_output_dim: int = checked(128, POSITIVE_INT)
 
 
 @dataclass
@@ -141,12 +195,13 @@ class PretrainConfig:
     optim: OptimConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
+    resume: str = checked("auto", RESUME)
 
 
 @dataclass
 class FinetuneConfig:
     pretrained: str = "none"
-    mode: str = "linear"
+    mode: str = checked("linear", one_of("linear", "full"))
     backbone: BackboneConfig = MISSING
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
@@ -154,12 +209,15 @@ class FinetuneConfig:
     optim: OptimConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
+    resume: str = checked("auto", RESUME)
 
 
 @dataclass
 class ExportConfig:
     pretrained: str = MISSING
     out: str = "encoder.pt"
+    # auto: by the suffix of ``out`` (.safetensors: safetensors, anything else: torch)
+    format: str = checked("auto", one_of("auto", "safetensors", "torch"))
 
 
 def no_patches(cfg: BackboneConfig) -> None:
@@ -190,9 +248,26 @@ def validate(cfg: DictConfig, schema: Any) -> DictConfig:
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise UserError(f"missing value for {', '.join(missing)}: pass it as key=value")
-    if "trainer" in merged and str(merged.trainer.precision) not in PRECISIONS:
-        raise UserError(f"trainer.precision={merged.trainer.precision!r} is not one of: {', '.join(PRECISIONS)}")
+    check_values(merged)
+    if "trainer" in merged and merged.trainer.sync_batchnorm and merged.trainer.accelerator == "cpu":
+        raise UserError("trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm); on CPU set it to false")
     return merged
+
+
+def check_values(node: DictConfig, prefix: str = "") -> None:
+    """Apply every ``checked`` field's rule in the structured config ``node`` and its nested configs; raise UserError
+    naming the first key whose value breaks its rule."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return
+    for item in dataclasses.fields(schema):
+        value = node[item.name]
+        rule = item.metadata.get("rule")
+        if rule is not None and value is not None and not rule.holds(value):
+            raise UserError(f"{prefix}{item.name}={value!r} must be {rule.expect}")
+        child = node._get_node(item.name)
+        if isinstance(child, DictConfig) and not child._is_none():
+            check_values(child, f"{prefix}{item.name}.")
 
 
 def unknown_key_message(cfg: DictConfig, full_key: str) -> str:

@@ -47,7 +47,14 @@ def print_rows(title: str, rows: Iterable[tuple[str, str, str]]) -> None:
     console.print(table)
 
 
-def fail(message: str) -> None:
-    """Print a user error on one line and exit with status 2 (no traceback)."""
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
-    sys.exit(2)
+def fail(message: str, status: int = 2, label: str = "error") -> None:
+    """Print a message on one line and exit with ``status`` (no traceback): 2 for a user error."""
+    err_console.print(f"[bold red]{label}:[/bold red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(status)
+
+
+def print_next(commands: Iterable[str]) -> None:
+    """The commands that usually come next, shown at the end of a run."""
+    console.print("[bold]next:[/bold]")
+    for command in commands:
+        console.print(f"  {command}", highlight=False, soft_wrap=True)

@@ -1,5 +1,25 @@
-"""The one exception type that means "the user asked for something we cannot do"."""
+"""The exceptions the CLI turns into one line and an exit status, without a traceback."""
 
 
 class UserError(Exception):
     """A mistake in the user's input (config, path, data). The CLI prints it in one line and exits with status 2."""
+
+
+class RunStopped(Exception):
+    """A run that ended early with its state kept: the CLI prints the message and exits with ``status``."""
+
+    status = 1
+
+
+class Diverged(RunStopped):
+    """The loss became non-finite; the last good checkpoint is kept (exit status 3: not a usage error)."""
+
+    status = 3
+
+
+class Interrupted(RunStopped):
+    """SIGTERM (e.g. cluster preemption) or Ctrl-C: a checkpoint was written; exit status 128 + the signal number."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.status = 128 + signal_number

@@ -1,7 +1,13 @@
 """``sslrun export``: the pretrained backbone as a plain ``state_dict`` file, for use outside sslrun.
 
-ResNet backbones keep torchvision's parameter names, so a width-1.0 ResNet with the ImageNet stem loads into
-``torchvision.models.resnet18()`` with ``load_state_dict(sd, strict=False)`` (only ``fc`` missing).
+``format=torch`` writes ``torch.save(state_dict)``; ``format=safetensors`` a safetensors file whose string metadata
+names the backbone (name, width, stem, in_channels, image_size, feature_dim), the pretraining method, the source
+checkpoint and the ``load`` recipe; ``format=auto`` picks safetensors for an ``out`` ending in ``.safetensors``.
+
+ResNet backbones keep torchvision's parameter and buffer names, with no extra keys, so a width-1.0 ResNet loads into
+``torchvision.models.resnet18/34/50()`` with ``load_state_dict(sd, strict=True)`` after one documented change: its
+``fc`` becomes ``nn.Identity()`` (our backbone is headless), and for the CIFAR stem (or inputs other than 3 channels)
+its ``conv1`` (and ``maxpool``) become ours. The summary printed after export spells out that recipe (``load``).
 """
 
 from __future__ import annotations
@@ -10,9 +16,12 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from safetensors.torch import save_file
+from torch import nn
 
 from sslrun import console
 from sslrun.backbones import BACKBONES
+from sslrun.backbones.resnet import ResNet
 from sslrun.checkpoint import load_pretrained
 from sslrun.config import ExportConfig, backbone_config
 from sslrun.errors import UserError
@@ -21,6 +30,32 @@ from sslrun.outputs import record_config
 
 def schema(cfg: DictConfig) -> ExportConfig:
     return ExportConfig()
+
+
+def resolve_format(requested: str, out: Path) -> str:
+    """``safetensors`` or ``torch``; ``auto`` goes by the suffix of ``out``."""
+    if requested != "auto":
+        return requested
+    return "safetensors" if out.suffix.lower() == ".safetensors" else "torch"
+
+
+def load_recipe(name: str, backbone: nn.Module, width: float) -> str:
+    """How to load the exported state_dict outside sslrun: the torchvision model and the changes that make
+    ``strict=True`` hold, or why torchvision has no equivalent."""
+    if not isinstance(backbone, ResNet):
+        return f"sslrun's {name} only (torchvision has no equivalent)"
+    if width != 1.0:
+        return (
+            f"not into torchvision: width={width} changes the channel counts (torchvision's ResNets are width 1.0); "
+            f"use sslrun's {name} with backbone.width={width}"
+        )
+    channels, planes = backbone.conv1.in_channels, backbone.conv1.out_channels
+    steps = [f"torchvision.models.{name}()", "fc=Identity"]
+    if backbone.stem == "cifar":
+        steps += [f"conv1=Conv2d({channels},{planes},3,1,1,bias=False)", "maxpool=Identity"]
+    elif channels != 3:
+        steps.append(f"conv1=Conv2d({channels},{planes},7,2,3,bias=False)")
+    return "; ".join([*steps, "strict=True"])
 
 
 def run(cfg: DictConfig) -> dict[str, str | int]:
@@ -32,12 +67,33 @@ def run(cfg: DictConfig) -> dict[str, str | int]:
     out = Path(cfg.out).expanduser()
     if not out.parent.is_dir():
         raise UserError(f"out={cfg.out!r}: the folder {out.parent} does not exist")
-    torch.save(backbone.state_dict(), out)
+    stem = backbone.stem if isinstance(backbone, ResNet) else backbone_cfg.stem
+    recipe = load_recipe(backbone_cfg.name, backbone, backbone_cfg.width)
+    file_format = resolve_format(cfg.format, out)
+    state = backbone.state_dict()
+    if file_format == "safetensors":
+        metadata = {
+            "backbone": backbone_cfg.name,
+            "width": str(backbone_cfg.width),
+            "stem": stem,
+            "in_channels": str(ckpt.in_channels),
+            "image_size": str(ckpt.image_size),
+            "feature_dim": str(backbone.feature_dim),
+            "method": str(ckpt.config["method"]["name"]),
+            "pretrained": str(ckpt.path.resolve()),
+            "load": recipe,
+        }
+        # save_file refuses tensors that share memory or are not contiguous: each gets its own contiguous copy
+        save_file({k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}, out, metadata)
+    else:
+        torch.save(state, out)
     summary = {
         "out": str(out),
-        "backbone": f"{backbone_cfg.name} width={backbone_cfg.width} stem={backbone_cfg.stem}",
+        "format": file_format,
+        "backbone": f"{backbone_cfg.name} width={backbone_cfg.width} stem={stem}",
         "in_channels": ckpt.in_channels,
         "feature_dim": backbone.feature_dim,
+        "load": recipe,
     }
     console.print_metrics(summary, "exported backbone")
     return summary

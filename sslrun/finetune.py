@@ -1,6 +1,8 @@
 """``sslrun finetune``: evaluate a pretrained (or random-init) backbone with a linear probe on frozen features
 plus kNN (``mode=linear``), or by full fine-tuning (``mode=full``); write top-1/top-5 to metrics.json. ``eval.layer``
-picks the backbone stage evaluated (default: the last; the network is cut after that stage in both modes)."""
+picks the backbone stage evaluated (default: the last; the network is cut after that stage in both modes).
+``data.label_fraction`` < 1 is low-shot evaluation: the probe, the fine-tune and the kNN bank see only a seeded
+(``seed``), class-stratified subset of the train split (``SSLDataModule``); metrics.json records its size."""
 
 from __future__ import annotations
 
@@ -12,20 +14,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sslrun import console
+from sslrun import console, resume
 from sslrun.backbones import BACKBONES
-from sslrun.backbones.layers import at_layer, check_layer
+from sslrun.backbones.layers import at_layer
 from sslrun.callbacks.features import extract_features, knn_predict, topk_accuracy
 from sslrun.checkpoint import load_pretrained
 from sslrun.classifier import Classifier
 from sslrun.config import FinetuneConfig, backbone_config
 from sslrun.data import SSLDataModule
 from sslrun.errors import UserError
-from sslrun.outputs import record_config, run_dir, write_metrics
+from sslrun.outputs import read_metrics, record_config, run_dir, write_metrics
 from sslrun.trainer import build_trainer
 
 log = logging.getLogger(__name__)
-MODES = ("linear", "full")
 
 
 def schema(cfg: DictConfig) -> FinetuneConfig:
@@ -54,18 +55,25 @@ def build_backbone(cfg: DictConfig, data: SSLDataModule) -> tuple[nn.Module, Dic
     return backbone, backbone_cfg
 
 
-def run(cfg: DictConfig) -> dict[str, float | str]:
-    if cfg.mode not in MODES:
-        raise UserError(f"mode={cfg.mode!r} is not one of: {', '.join(MODES)}")
-    check_layer(cfg.eval.layer)
+def run(cfg: DictConfig) -> dict[str, float | int | str]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = SSLDataModule(cfg.data, stage="finetune")
+    data = SSLDataModule(cfg.data, stage="finetune", seed=cfg.seed)
     cfg.data = data.cfg
     record_config(cfg, "finetune")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    out = run_dir()
+    start_from = resume.resolve(cfg.resume, out, "finetune", config)
+    if resume.announce(start_from, cfg.trainer):
+        return read_metrics(out)
     backbone, backbone_cfg = build_backbone(cfg, data)
     backbone = at_layer(backbone, cfg.eval.layer)
-    out = run_dir()
-    metrics: dict[str, float | str] = {"mode": cfg.mode, "pretrained": str(cfg.pretrained), "layer": cfg.eval.layer}
+    metrics: dict[str, float | int | str] = {
+        "mode": cfg.mode,
+        "pretrained": str(cfg.pretrained),
+        "layer": cfg.eval.layer,
+        "label_fraction": float(cfg.data.label_fraction),
+        "labelled_images": len(data.splits.train),  # the train images used: the data.label_fraction subset
+    }
     if cfg.mode == "linear":
         model, train_loader, val_loader, knn_top1 = _linear_setup(cfg, backbone, data)
         metrics["knn_top1"] = knn_top1
@@ -77,13 +85,16 @@ def run(cfg: DictConfig) -> dict[str, float | str]:
     # The linear head on precomputed features costs nothing; it trains in fp32 whatever the preset says.
     linear = {"precision": "32", "channels_last": False}
     trainer_cfg = OmegaConf.merge(cfg.trainer, linear) if cfg.mode == "linear" else cfg.trainer
-    trainer = build_trainer(trainer_cfg, cfg.logger, out, [], validate=True)
-    trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    trainer = build_trainer(trainer_cfg, cfg.logger, out, [], "finetune", config, validate=True)
+    trainer.fit(
+        model, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=start_from and start_from.path
+    )
     metrics.update(top1=float(trainer.callback_metrics["top1"]), top5=float(trainer.callback_metrics["top5"]))
     metrics["backbone"] = f"{backbone_cfg.name} width={backbone_cfg.width} stem={backbone_cfg.stem}"
     if trainer.is_global_zero:
         write_metrics(out, metrics)
         console.print_metrics(metrics, f"finetune results ({out})")
+        console.print_next([f"sslrun report {out}"])
     return metrics
 
 

@@ -29,6 +29,12 @@ def record_config(cfg: DictConfig, command: str) -> None:
     (run_dir() / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
 
 
+def read_metrics(out_dir: Path) -> dict:
+    """The run's ``metrics.json`` ({} when it has none)."""
+    path = out_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def write_metrics(out_dir: Path, metrics: Mapping[str, float | int | str]) -> Path:
     path = out_dir / "metrics.json"
     path.write_text(json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n")

@@ -7,19 +7,26 @@ import time
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from sslrun import console
+from sslrun import console, resume
 from sslrun.callbacks.image_grid import ImageGrids
 from sslrun.callbacks.knn import KNNMonitor
 from sslrun.callbacks.throughput import Throughput
 from sslrun.config import PretrainConfig
 from sslrun.data import SSLDataModule
+from sslrun.data.base import check_label_fraction
 from sslrun.methods import METHODS
-from sslrun.outputs import record_config, run_dir, write_metrics
+from sslrun.outputs import read_metrics, record_config, run_dir, write_metrics
 from sslrun.trainer import build_trainer
 
 
 def schema(cfg: DictConfig) -> PretrainConfig:
     return PretrainConfig(method=METHODS.get(str(OmegaConf.select(cfg, "method.name"))).Config())
+
+
+def check(cfg: DictConfig) -> None:
+    """Checks across keys, run before any work (``sslrun.app``)."""
+    METHODS.get(cfg.method.name).check_backbone(cfg.method.name, cfg.backbone.name)
+    check_label_fraction(cfg.data, "pretrain")
 
 
 def run(cfg: DictConfig) -> dict[str, float | int]:
@@ -28,15 +35,20 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     data = SSLDataModule(cfg.data, stage="pretrain", views=method_cls.view_specs(cfg.method))
     cfg.data = data.cfg
     record_config(cfg, "pretrain")
-    model = method_cls(OmegaConf.to_container(cfg, resolve=True), data.channels, data.image_size, data.num_classes)
+    config = OmegaConf.to_container(cfg, resolve=True)
     out = run_dir()
+    start_from = resume.resolve(cfg.resume, out, "pretrain", config)
+    if resume.announce(start_from, cfg.trainer):
+        return read_metrics(out)
+    model = method_cls(config, data.channels, data.image_size, data.num_classes)
     throughput = Throughput()
     knn = KNNMonitor(cfg.eval.knn_k, cfg.eval.knn_temperature, cfg.eval.every_n_epochs, cfg.trainer.channels_last)
     grids = ImageGrids(out, cfg.eval.every_n_epochs)
     manual = not model.automatic_optimization
-    trainer = build_trainer(cfg.trainer, cfg.logger, out, [throughput, knn, grids], manual_optimization=manual)
+    callbacks = [throughput, knn, grids]
+    trainer = build_trainer(cfg.trainer, cfg.logger, out, callbacks, "pretrain", config, manual_optimization=manual)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=data)
+    trainer.fit(model, datamodule=data, ckpt_path=start_from and start_from.path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _REPORTED}
     metrics.update(
         img_per_s=throughput.img_per_s,
@@ -45,9 +57,13 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
         steps=trainer.global_step,
         seconds=time.perf_counter() - start,
     )
+    if start_from is not None:
+        metrics["resumed_from_step"] = start_from.step
     if trainer.is_global_zero:
         write_metrics(out, metrics)
         console.print_metrics(metrics, f"pretrain results ({out})")
+        data_keys = f"data={cfg.data.name}" + (f" data.root={cfg.data.root}" if cfg.data.root else "")
+        console.print_next([f"sslrun finetune pretrained={out} mode=linear {data_keys}", f"sslrun report {out}"])
     return metrics
 
 

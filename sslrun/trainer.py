@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
+from sslrun.callbacks.checkpoints import AtomicCheckpointIO, LastCheckpoint
+from sslrun.callbacks.guard import DivergenceGuard
 from sslrun.callbacks.progress import RunProgressBar
-from sslrun.errors import UserError
+from sslrun.resume import last_checkpoint
 
 
 class _QuietLightning(logging.Filter):
@@ -26,6 +29,8 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_QuietLight
 # Noise about Lightning's own internals, or about epochs shorter than the logging interval on small datasets.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+# A mid-epoch resume restarts the epoch's data order; the run log says so in its own words (sslrun.resume).
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
@@ -55,17 +60,19 @@ def build_trainer(
     logger_cfg: DictConfig,
     out_dir: Path,
     callbacks: list[Callback],
+    command: str,
+    run_config: dict[str, Any],
     validate: bool = False,
     manual_optimization: bool = False,
 ) -> pl.Trainer:
-    """A Trainer writing ``checkpoints/last.ckpt`` and logger output into ``out_dir``; the Lightning validation
-    loop runs only with ``validate`` (pretraining evaluates through the kNN monitor instead). With
-    ``manual_optimization`` (two-player methods) the model clips its own gradients and DDP looks for unused
+    """A Trainer writing ``checkpoints/last.ckpt`` (atomically; with ``run_config``, the resolved config of
+    ``sslrun <command>``, for ``resume``) and logger output into ``out_dir``, stopping on a non-finite loss; the
+    Lightning validation loop runs only with ``validate`` (pretraining evaluates through the kNN monitor instead).
+    With ``manual_optimization`` (two-player methods) the model clips its own gradients and DDP looks for unused
     parameters."""
-    if cfg.sync_batchnorm and cfg.accelerator == "cpu":
-        raise UserError("trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm); on CPU set it to false")
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", enable_version_counter=False)
-    extra: list[Callback] = [checkpoint]
+    path = last_checkpoint(out_dir)
+    checkpoint = LastCheckpoint(path, command, run_config, cfg.checkpoint_every_n_steps, cfg.checkpoint_every_n_minutes)
+    extra: list[Callback] = [DivergenceGuard(path), checkpoint]
     if cfg.enable_progress_bar:
         extra.append(RunProgressBar(leave=True))
     return pl.Trainer(
@@ -88,4 +95,6 @@ def build_trainer(
         default_root_dir=out_dir,
         logger=build_loggers(logger_cfg, out_dir) or False,
         callbacks=[*callbacks, *extra],
+        enable_checkpointing=False,
+        plugins=[AtomicCheckpointIO()],
     )

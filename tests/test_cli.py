@@ -96,6 +96,9 @@ def test_user_errors_exit_2_with_one_clear_line(tmp_path):
     mae_on_a_resnet = sslrun("pretrain", "method=mae", "backbone=resnet18", *TINY[:3], cwd=tmp_path)
     assert_user_error(mae_on_a_resnet, "method=mae needs one of backbone=vit_tiny, vit_small", "not backbone=resnet18")
     assert_user_error(sslrun("finetune", "eval.layer=layer5", cwd=tmp_path), "eval.layer='layer5'", "layer1")
+    zero = sslrun("pretrain", "method.temperature=0", cwd=tmp_path)
+    assert_user_error(zero, "method.temperature=0.0 must be a number > 0")
+    assert zero.stdout == ""  # refused before the config tree is printed or any data is read
 
 
 def test_finetune_on_data_with_other_channels_names_the_pretraining_data(pretrain_run, tmp_path):
@@ -119,15 +122,43 @@ def test_truncated_checkpoint_is_a_user_error(pretrain_run, tmp_path):
     assert_user_error(sslrun("finetune", f"pretrained={broken}", cwd=tmp_path), "cannot read checkpoint")
 
 
-def test_export_writes_a_plain_backbone_state_dict(pretrain_run, tmp_path):
-    out = tmp_path / "encoder.pt"
-    proc = sslrun("export", f"pretrained={pretrain_run}", f"out={out}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    exported = torch.load(out, weights_only=True)
+def test_export_writes_torch_or_safetensors_by_the_suffix_of_out(pretrain_run, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     stored = torch.load(pretrain_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert exported.keys() == {k[len("backbone.") :] for k in stored if k.startswith("backbone.")}
-    assert all(torch.equal(v, stored["backbone." + k]) for k, v in exported.items())
-    assert_user_error(sslrun("export", f"out={out}", cwd=tmp_path), "missing value for pretrained")
+    backbone = {k[len("backbone.") :]: v for k, v in stored.items() if k.startswith("backbone.")}
+    files = {"torch": tmp_path / "encoder.pt", "safetensors": tmp_path / "encoder.safetensors"}
+    for written, out in files.items():  # format=auto
+        proc = sslrun("export", f"pretrained={pretrain_run}", f"out={out}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert written in proc.stdout and "torchvision has no equivalent" in " ".join(proc.stdout.split())
+    for exported in (torch.load(files["torch"], weights_only=True), load_file(files["safetensors"])):
+        assert exported.keys() == backbone.keys()
+        assert all(torch.equal(v, backbone[k]) for k, v in exported.items())
+    with safe_open(files["safetensors"], "pt") as file:
+        metadata = file.metadata()
+    assert metadata["backbone"] == "convnet" and metadata["width"] == "0.25" and metadata["feature_dim"] == "64"
+    assert metadata["in_channels"] == "1" and metadata["image_size"] == "32" and metadata["method"] == "contrastive"
+    assert metadata["pretrained"] == str((pretrain_run / "checkpoints" / "last.ckpt").resolve())
+    assert {"stem", "load"} <= metadata.keys()
+    assert_user_error(sslrun("export", f"out={files['torch']}", cwd=tmp_path), "missing value for pretrained")
+    bogus = sslrun("export", f"pretrained={pretrain_run}", "format=bogus", cwd=tmp_path)
+    assert_user_error(bogus, "format='bogus' must be one of: auto, safetensors, torch")
+
+
+def test_finetune_on_a_label_fraction_records_the_images_it_used(pretrain_run, tmp_path):
+    args = ["data.limit=64", "data.batch_size=4", "data.num_workers=0", "trainer=debug", f"hydra.run.dir={tmp_path}"]
+    proc = sslrun("finetune", f"pretrained={pretrain_run}", *args, "data.label_fraction=0.1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # the 64 train images hold fewer than 15 of each of the 10 classes: one image per class
+    assert metrics["label_fraction"] == 0.1 and metrics["labelled_images"] == 10
+    for fraction in ("0", "1.5"):
+        tune = sslrun("finetune", f"data.label_fraction={fraction}", cwd=tmp_path)
+        assert_user_error(tune, f"data.label_fraction={float(fraction)} must be in (0, 1]")
+    pretrain = sslrun("pretrain", "data.label_fraction=0.5", *args, cwd=tmp_path)
+    assert_user_error(pretrain, "data.label_fraction=0.5 is for sslrun finetune; pretraining uses no labels")
 
 
 def test_cfg_job_and_list_and_help(tmp_path):

@@ -34,7 +34,7 @@ def entries_for(command: str):
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_group_entry_composes_and_validates(command):
     for group, name in entries_for(command):
-        precheck(command, COMMANDS[command].schema, [f"{group}={name}"])
+        precheck(command, COMMANDS[command], [f"{group}={name}"])
 
 
 @pytest.mark.parametrize("group", REGISTRIES)
@@ -49,38 +49,38 @@ def test_yaml_entries_and_registry_names_match(group):
 
 def test_typo_key_names_key_and_valid_choices():
     with pytest.raises(UserError) as err:
-        precheck("pretrain", sslrun.pretrain.schema, ["trainer.max_epoch=3"])
+        precheck("pretrain", sslrun.pretrain, ["trainer.max_epoch=3"])
     message = str(err.value)
     assert "'trainer.max_epoch'" in message and "did you mean 'max_epochs'" in message and "precision" in message
 
 
 def test_unknown_method_lists_choices():
     with pytest.raises(UserError) as err:
-        precheck("pretrain", sslrun.pretrain.schema, ["method=simclrr"])
+        precheck("pretrain", sslrun.pretrain, ["method=simclrr"])
     assert "unknown method 'simclrr'" in str(err.value) and "contrastive" in str(err.value)
 
 
 def test_wrong_type_and_appended_unknown_key_are_rejected():
     with pytest.raises(UserError, match="trainer.max_epochs"):
-        precheck("pretrain", sslrun.pretrain.schema, ["trainer.max_epochs=many"])
+        precheck("pretrain", sslrun.pretrain, ["trainer.max_epochs=many"])
     with pytest.raises(UserError, match="unknown key 'method.temprature'"):
-        precheck("pretrain", sslrun.pretrain.schema, ["+method.temprature=0.5"])
+        precheck("pretrain", sslrun.pretrain, ["+method.temprature=0.5"])
     with pytest.raises(UserError, match="precision"):
-        precheck("pretrain", sslrun.pretrain.schema, ["trainer.precision=bf17"])
+        precheck("pretrain", sslrun.pretrain, ["trainer.precision=bf17"])
 
 
 def test_every_sweep_combination_is_checked():
-    precheck("pretrain", sslrun.pretrain.schema, ["backbone=resnet18,convnet", "optim.lr=0.1,0.2"])
+    precheck("pretrain", sslrun.pretrain, ["backbone=resnet18,convnet", "optim.lr=0.1,0.2"])
     with pytest.raises(UserError, match="unknown backbone 'resnet9'"):
-        precheck("pretrain", sslrun.pretrain.schema, ["backbone=resnet18,resnet9"])
+        precheck("pretrain", sslrun.pretrain, ["backbone=resnet18,resnet9"])
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_every_view_key_can_be_overridden_on_every_dataset(name):
     """Hydra only overrides keys the YAML names: each data YAML must list every view key (null = the recipe's)."""
     keys = [f.name for f in dataclasses.fields(ViewsConfig)]
-    precheck("pretrain", sslrun.pretrain.schema, [f"data={name}", *(f"data.views.{key}=0.5" for key in keys[1:-1])])
-    precheck("pretrain", sslrun.pretrain.schema, [f"data={name}", "data.views.recipe=imagenet"])
+    precheck("pretrain", sslrun.pretrain, [f"data={name}", *(f"data.views.{key}=0.5" for key in keys[1:-1])])
+    precheck("pretrain", sslrun.pretrain, [f"data={name}", "data.views.recipe=imagenet"])
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -97,3 +97,34 @@ def test_method_yaml_lists_every_key_with_the_schema_default(name):
         assert (
             value == pytest.approx(getattr(schema, key)) if isinstance(value, float) else value == getattr(schema, key)
         ), key
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_checked_method_value_is_refused_before_any_work(name):
+    """Each method key that carries a rule refuses a negative value in the pre-flight check, naming the key."""
+    ruled = [f.name for f in dataclasses.fields(METHODS.get(name).Config) if "rule" in f.metadata]
+    assert "proj_output_dim" in ruled
+    for key in ruled:
+        with pytest.raises(UserError, match=rf"method\.{key}"):
+            precheck("pretrain", sslrun.pretrain, [f"method={name}", f"method.{key}=-1.5"])
+
+
+@pytest.mark.parametrize(
+    "command,override,fragment",
+    [
+        ("pretrain", "method.temperature=0", "method.temperature=0.0 must be a number > 0"),
+        ("pretrain", "backbone.width=-1", "backbone.width=-1.0 must be a number > 0"),
+        ("pretrain", "data.views.flip_p=1.5", "data.views.flip_p=1.5 must be between 0 and 1"),
+        ("pretrain", "backbone.stem=big", "backbone.stem='big' must be one of: auto, cifar, imagenet"),
+        ("pretrain", "data.image_size=0", "data.image_size=0 must be an integer > 0, or auto"),
+        ("pretrain", "optim.warmup_epochs=-2", "optim.warmup_epochs=-2 must be a number >= 0, or auto"),
+        ("pretrain", "resume=nowhere.ckpt", "resume='nowhere.ckpt' must be one of: auto, never, overwrite"),
+        ("pretrain", "trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true needs GPUs"),
+        ("finetune", "mode=probe", "mode='probe' must be one of: linear, full"),
+        ("finetune", "eval.layer=layer9", "eval.layer='layer9' must be one of: last, layer1"),
+    ],
+)
+def test_value_checks_run_in_the_preflight(command, override, fragment):
+    with pytest.raises(UserError) as err:
+        precheck(command, COMMANDS[command], [override])
+    assert fragment in str(err.value)

@@ -17,7 +17,8 @@ from torchvision import datasets
 
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS, SSLDataModule
-from sslrun.data.base import square_image
+from sslrun.data.base import label_subset, split_labels, square_image
+from sslrun.data.imagefolder import ImageFiles
 from sslrun.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "sslrun" / "configs" / "data"
@@ -274,3 +275,37 @@ def test_two_views_through_worker_processes():
     (view1, view2), _ = next(iter(loader))
     assert view1.shape == (4, 1, 32, 32) and not torch.equal(view1, view2)
     assert data.eval_dataloaders() is data.eval_dataloaders()
+
+
+def test_label_subset_is_seeded_stratified_nested_and_keeps_every_class():
+    labels = torch.from_numpy(rng.integers(0, 10, 1000))
+    counts = torch.bincount(labels, minlength=10)
+    tenth = label_subset(labels, 0.1, seed=0)
+    assert torch.equal(torch.bincount(labels[tenth], minlength=10), (0.1 * counts).round().clamp_min(1).long())
+    assert torch.equal(tenth, label_subset(labels, 0.1, seed=0)) and tenth.tolist() == sorted(tenth.tolist())
+    assert not torch.equal(tenth, label_subset(labels, 0.1, seed=1))
+    assert set(tenth.tolist()) <= set(label_subset(labels, 0.5, seed=0).tolist())
+    assert torch.equal(torch.bincount(labels[label_subset(labels, 0.001, seed=0)]), torch.ones(10, dtype=torch.long))
+    assert torch.equal(label_subset(labels, 1.0, seed=0), torch.arange(1000))
+
+
+def test_label_fraction_reduces_the_finetune_train_split_only():
+    full = SSLDataModule(data_cfg("digits"), "finetune", seed=0)
+    few = SSLDataModule(data_cfg("digits", label_fraction=0.01), "finetune", seed=0)
+    train_labels = torch.tensor(labels_of(few.splits.train))
+    expected = (0.01 * torch.bincount(split_labels(full.splits.train))).round().clamp_min(1).long()
+    assert torch.equal(torch.bincount(train_labels, minlength=10), expected) and len(few.splits.train) == 10
+    assert len(few.eval_dataloaders()[0].dataset) == 10  # the kNN bank and the probe's training features
+    assert torch.equal(few.splits.val.images, full.splits.val.images)  # the val split is never reduced
+    assert labels_of(few.splits.val) == labels_of(full.splits.val)
+    other = SSLDataModule(data_cfg("digits", label_fraction=0.01), "finetune", seed=1)
+    assert few.splits.train.indices != other.splits.train.indices
+    with pytest.raises(UserError, match="data.label_fraction=0.5 is for sslrun finetune; pretraining uses no labels"):
+        SSLDataModule(data_cfg("digits", label_fraction=0.5), "pretrain")
+    with pytest.raises(UserError, match="larger than the 10 training images of data=digits at data.label_fraction"):
+        SSLDataModule(data_cfg("digits", label_fraction=0.01, batch_size=16), "finetune")
+
+
+def test_split_labels_reads_image_files_without_decoding_them():
+    files = ImageFiles([(f"/nowhere/{i}.png", i % 3) for i in range(7)], channels=3)
+    assert split_labels(torch.utils.data.Subset(files, [6, 1, 2])).tolist() == [0, 1, 2]

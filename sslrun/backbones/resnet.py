@@ -1,8 +1,11 @@
 """ResNet-18/34/50 (He et al. 2016, arXiv 1512.03385) from torchvision blocks, with a width multiplier and the
 CIFAR stem (3x3 stride-1 conv, no max-pool) used by SimCLR/solo-learn/LightlySSL for 32x32 inputs.
 
-Parameter names match ``torchvision.models.resnet*`` (conv1, bn1, layer1..4), so a width-1.0 backbone with the
-ImageNet stem loads into torchvision's model with ``load_state_dict(..., strict=False)`` (no ``fc``).
+Parameter and buffer names match ``torchvision.models.resnet*`` (conv1, bn1, layer1..4; no extra keys), so a
+width-1.0 backbone loads into torchvision's model with ``load_state_dict(sd, strict=True)`` once that model is made
+headless the same way: ``fc = nn.Identity()``; for the CIFAR stem also ``conv1 = nn.Conv2d(C, 64, 3, 1, 1,
+bias=False)`` and ``maxpool = nn.Identity()``; for the ImageNet stem on C != 3 channels ``conv1 = nn.Conv2d(C, 64, 7,
+2, 3, bias=False)``. ``sslrun export`` prints that recipe for each backbone.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class ResNet(nn.Module):
             raise UserError(f"backbone.width must be positive, got {width}")
         planes = [max(1, round(p * width)) for p in (64, 128, 256, 512)]
         self.inplanes = planes[0]
+        self.stem = "cifar" if cifar_stem else "imagenet"
         if cifar_stem:
             self.conv1 = nn.Conv2d(in_channels, planes[0], kernel_size=3, stride=1, padding=1, bias=False)
             self.maxpool: nn.Module = nn.Identity()

@@ -1,6 +1,7 @@
 """kNN monitor: each ``every_n_epochs`` epochs, embed the train split (the bank) and the validation split with the
 frozen backbone, log the weighted-kNN top-1 and the online probe's top-1/top-5 on the validation split, and the
-label-free RankMe of the validation features (the only signal when the data has no labels)."""
+label-free RankMe of the validation features (the only signal when the data has no labels), with a warning when it
+falls towards collapse. The best kNN top-1 and RankMe so far are kept in checkpoints."""
 
 from __future__ import annotations
 
@@ -12,6 +13,18 @@ from sslrun.callbacks.epochs import evaluation_due
 from sslrun.callbacks.features import extract_features, knn_predict, rankme, topk_accuracy
 
 log = logging.getLogger(__name__)
+COLLAPSED_RANK = 2.0  # RankMe at or below this: the embeddings span about one or two directions
+COLLAPSE_DROP = 0.25  # or RankMe fell below this share of its best value in the run
+
+
+def collapse_warning(value: float, best: float, max_rank: int) -> str | None:
+    """The log line when RankMe ``value`` signals (dimensional) collapse, else None."""
+    if value > COLLAPSED_RANK and value >= COLLAPSE_DROP * best:
+        return None
+    return (
+        f"rankme is {value:.1f} (best {best:.1f} in this run, at most {max_rank}): the embeddings are collapsing "
+        "onto a few directions; lower optim.lr or lengthen optim.warmup_epochs, or check the method's loss weights"
+    )
 
 
 class KNNMonitor(pl.Callback):
@@ -21,7 +34,16 @@ class KNNMonitor(pl.Callback):
         self.every_n_epochs = max(1, every_n_epochs)
         self.channels_last = channels_last
         self.best_knn_top1 = 0.0
+        self.best_rankme = 0.0
+        self._max_rank = 0
         self._said_unlabelled = False
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best_knn_top1": self.best_knn_top1, "best_rankme": self.best_rankme}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.best_knn_top1 = state_dict["best_knn_top1"]
+        self.best_rankme = state_dict["best_rankme"]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not evaluation_due(trainer, self.every_n_epochs):
@@ -33,6 +55,9 @@ class KNNMonitor(pl.Callback):
             )
             self._said_unlabelled = True
         metrics = self.evaluate(trainer, pl_module)
+        warning = collapse_warning(metrics["rankme"], self.best_rankme, self._max_rank)
+        if warning is not None and trainer.is_global_zero:
+            log.warning(warning)
         for name, value in metrics.items():
             pl_module.log(name, value, prog_bar=name == "knn_top1", sync_dist=True)
 
@@ -41,8 +66,11 @@ class KNNMonitor(pl.Callback):
         ctx = trainer.precision_plugin.forward_context
         args = (pl_module.device, ctx, self.channels_last)
         feats, labels = extract_features(pl_module.backbone, val_loader, *args)
+        rank = rankme(feats)
+        self.best_rankme = max(self.best_rankme, rank)
+        self._max_rank = min(feats.shape)
         if pl_module.probe is None:
-            return {"rankme": rankme(feats)}
+            return {"rankme": rank}
         bank, bank_labels = extract_features(pl_module.backbone, train_loader, *args)
         num_classes = pl_module.probe.head.out_features
         known = bank_labels >= 0
@@ -55,5 +83,5 @@ class KNNMonitor(pl.Callback):
             "knn_top1_best": self.best_knn_top1,
             "linear_top1": topk_accuracy(probe_scores, labels, 1),
             "linear_top5": topk_accuracy(probe_scores, labels, 5),
-            "rankme": rankme(feats),
+            "rankme": rank,
         }

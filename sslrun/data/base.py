@@ -123,6 +123,35 @@ def limit_splits(splits: Splits, limit: int | None) -> Splits:
     return replace(splits, train=_spread(splits.train, limit), val=_spread(splits.val, limit), pretrain=pretrain)
 
 
+def split_labels(dataset: Dataset) -> torch.Tensor:
+    """(N,) labels of a split, without decoding images where the dataset keeps them (``labels`` of ``TensorImages``
+    and of imagefolder's file lists, also through a ``Subset``); any other dataset is read item by item."""
+    if isinstance(dataset, Subset):
+        return split_labels(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = [dataset[i][1] for i in range(len(dataset))]
+    return torch.as_tensor(labels, dtype=torch.long)
+
+
+def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded, class-stratified ``fraction`` of items with ``labels``: max(1, round(fraction *
+    n_c)) of each class's n_c. One permutation (seeded by ``seed``) ranks all items and each class keeps its first,
+    so at one seed every method gets the same subset, and a smaller fraction's subset lies inside a larger one's."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    ranked = labels[order]
+    keep = [order[ranked == c][: max(1, round(fraction * int((ranked == c).sum())))] for c in ranked.unique()]
+    return torch.cat(keep).sort().values
+
+
+def check_label_fraction(cfg: DataConfig, stage: str) -> None:
+    if stage == "pretrain" and cfg.label_fraction != 1.0:
+        raise UserError(
+            f"data.label_fraction={cfg.label_fraction} is for sslrun finetune; pretraining uses no labels "
+            "(leave it at 1.0)"
+        )
+
+
 class SSLDataModule(pl.LightningDataModule):
     """Builds the dataset named by ``cfg.name`` right away, so a missing or unreadable dataset fails before training.
 
@@ -130,17 +159,21 @@ class SSLDataModule(pl.LightningDataModule):
     ``ViewSpec`` of ``views`` (the method's; default two SimCLR views at S = image_size).
     With ``views.batched`` it yields (uint8 images (B, C, S, S), labels) instead, and ``on_after_batch_transfer``
     (called by Lightning on the training device) or ``augment_batch`` turns that into the same (views, labels).
-    stage ``finetune``: ``train_dataloader`` yields (images, labels) with light augmentation.
+    stage ``finetune``: ``train_dataloader`` yields (images, labels) with light augmentation. With
+    ``data.label_fraction`` < 1 the train split (its loaders, the kNN bank and the probe's training set) is the
+    ``label_subset`` picked by ``seed`` (the run's); the val split is never reduced.
     ``eval_dataloaders`` yields (images, labels) of the train and val splits with the deterministic eval transform.
     """
 
-    def __init__(self, cfg: DataConfig, stage: str, views: Sequence[ViewSpec] = TWO_VIEWS) -> None:
+    def __init__(self, cfg: DataConfig, stage: str, views: Sequence[ViewSpec] = TWO_VIEWS, seed: int = 0) -> None:
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        check_label_fraction(cfg, stage)
         self.stage = stage
         self.view_specs = tuple(views)
         self._generator: torch.Generator | None = None
+        self._seed = torch.initial_seed()  # the run's seed (``seed_everything`` ran before)
         if cfg.batch_size < 1:
             raise UserError(f"data.batch_size={cfg.batch_size} must be a positive number of images")
         parse_workers(cfg.num_workers)
@@ -158,11 +191,17 @@ class SSLDataModule(pl.LightningDataModule):
             raise UserError(f"data={cfg.name}: images of differing sizes; set data.image_size=<pixels>")
         self.cfg = resolve_data(cfg, size, self.splits.in_memory)
         check_views(self.cfg.views)
+        low_shot = stage == "finetune" and cfg.label_fraction < 1.0
+        if low_shot:
+            train = self.splits.train
+            subset = label_subset(split_labels(train), cfg.label_fraction, seed)
+            self.splits = replace(self.splits, train=Subset(train, subset.tolist()))
         source = self._train_source
         if len(source) < cfg.batch_size:
+            at = f" at data.label_fraction={cfg.label_fraction}" if low_shot else ""
             raise UserError(
                 f"data.batch_size={cfg.batch_size} is larger than the {len(source)} training images of "
-                f"data={cfg.name}; lower data.batch_size (every training batch is full-sized)"
+                f"data={cfg.name}{at}; lower data.batch_size (every training batch is full-sized)"
             )
 
     @property
@@ -203,15 +242,16 @@ class SSLDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not self.batched:
             return batch
-        return self.augment_batch(batch, self._rank_generator(batch[0].device))
+        return self.augment_batch(batch, self._step_generator(batch[0].device))
 
-    def _rank_generator(self, device: torch.device) -> torch.Generator:
-        """Augmentation randomness per rank: ``seed_everything`` seeds every DDP rank alike, so the global RNG would
-        give all ranks the same crops and jitter for their (different) images."""
+    def _step_generator(self, device: torch.device) -> torch.Generator:
+        """Augmentation randomness seeded by (run seed, rank, step): ``seed_everything`` seeds every DDP rank alike,
+        so the global RNG would give all ranks the same crops and jitter for their (different) images; and a run
+        resumed from a checkpoint draws what the uninterrupted run drew at each step."""
         if self._generator is None or self._generator.device != device:
-            rank = self.trainer.global_rank if self.trainer is not None else 0
-            self._generator = torch.Generator(device).manual_seed(torch.initial_seed() + 7919 * rank)
-        return self._generator
+            self._generator = torch.Generator(device)
+        rank, step = (self.trainer.global_rank, self.trainer.global_step) if self.trainer is not None else (0, 0)
+        return self._generator.manual_seed(self._seed + 7919 * rank + 1_000_003 * step)
 
     def train_dataloader(self) -> DataLoader:
         s = self.splits

@@ -72,6 +72,11 @@ class ImageFiles(Dataset):
         self.samples = samples
         self.channels = channels
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """(N,) labels from the sample list, no image decoded."""
+        return torch.tensor([label for _, label in self.samples], dtype=torch.long)
+
     def __len__(self) -> int:
         return len(self.samples)
 

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from sslrun.config import MethodConfig
+from sslrun.config import NON_NEGATIVE, POSITIVE, MethodConfig, checked
 from sslrun.data.views import ViewSpec, single_view
 from sslrun.losses import discriminator_bce, generator_non_saturating, reconstruction_mse
 from sslrun.methods import METHODS
@@ -29,10 +29,10 @@ from sslrun.methods.decoders import ConvDecoder, fixed_codes, prior_codes
 
 @dataclass
 class AdversarialAutoencoderConfig(MethodConfig):
-    latent_dim: int = 32
-    adv_weight: float = 0.1
-    disc_hidden_dim: int = 512
-    decoder_width: int = 128
+    latent_dim: int = checked(32, POSITIVE)
+    adv_weight: float = checked(0.1, NON_NEGATIVE)
+    disc_hidden_dim: int = checked(512, POSITIVE)
+    decoder_width: int = checked(128, POSITIVE)
 
 
 @METHODS.register("adversarial_autoencoder")

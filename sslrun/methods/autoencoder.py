@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from sslrun.config import MethodConfig
+from sslrun.config import NON_NEGATIVE, POSITIVE, MethodConfig, checked
 from sslrun.data.views import ViewSpec, single_view
 from sslrun.errors import UserError
 from sslrun.losses import reconstruction_mse
@@ -26,8 +26,8 @@ from sslrun.methods.decoders import ConvDecoder
 
 @dataclass
 class AutoencoderConfig(MethodConfig):
-    noise: float = 0.0
-    decoder_width: int = 128
+    noise: float = checked(0.0, NON_NEGATIVE)
+    decoder_width: int = checked(128, POSITIVE)
 
 
 @METHODS.register("autoencoder")

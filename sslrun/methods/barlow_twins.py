@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sslrun.config import MethodConfig
+from sslrun.config import NON_NEGATIVE, POSITIVE, MethodConfig, checked
 from sslrun.losses import barlow_twins
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
@@ -23,9 +23,9 @@ from sslrun.methods.heads import mlp
 
 @dataclass
 class BarlowTwinsConfig(MethodConfig):
-    proj_output_dim: int = 512
-    lambd: float = 5e-3
-    loss_scale: float = 0.1
+    proj_output_dim: int = checked(512, POSITIVE)
+    lambd: float = checked(5e-3, NON_NEGATIVE)
+    loss_scale: float = checked(0.1, NON_NEGATIVE)
 
 
 @METHODS.register("barlow_twins")

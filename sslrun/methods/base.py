@@ -36,16 +36,20 @@ class SSLMethod(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.cfg: DictConfig = OmegaConf.create(cfg)
-        if self.backbones is not None and self.cfg.backbone.name not in self.backbones:
-            raise UserError(
-                f"method={self.cfg.method.name} needs one of backbone={', '.join(self.backbones)}, "
-                f"not backbone={self.cfg.backbone.name}"
-            )
+        self.check_backbone(self.cfg.method.name, self.cfg.backbone.name)
         self.backbone = BACKBONES.build(self.cfg.backbone.name, self.cfg.backbone, in_channels, image_size)
         # No labels (an unlabelled image folder): no probe; the kNN monitor reports label-free signals instead.
         self.probe = OnlineLinearProbe(self.backbone.feature_dim, num_classes) if num_classes > 0 else None
         self.channels_last = bool(self.cfg.trainer.channels_last)
         self._momentum_step = -1
+
+    @classmethod
+    def check_backbone(cls, method: str, backbone: str) -> None:
+        """UserError when the method cannot train ``backbone`` (``backbones``)."""
+        if cls.backbones is not None and backbone not in cls.backbones:
+            raise UserError(
+                f"method={method} needs one of backbone={', '.join(cls.backbones)}, not backbone={backbone}"
+            )
 
     @classmethod
     def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:

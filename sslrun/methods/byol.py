@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sslrun.config import POSITIVE, UNIT, checked
 from sslrun.data.views import ViewSpec
 from sslrun.losses import byol
 from sslrun.methods import METHODS
@@ -29,8 +30,8 @@ BYOL_VIEWS = (ViewSpec(blur_p=1.0, solarize_p=0.0), ViewSpec(blur_p=0.1, solariz
 
 @dataclass
 class BYOLConfig(MomentumConfig):
-    pred_hidden_dim: int = 512
-    momentum_base: float = 0.9
+    pred_hidden_dim: int = checked(512, POSITIVE)
+    momentum_base: float = checked(0.9, UNIT)
 
 
 @METHODS.register("byol")

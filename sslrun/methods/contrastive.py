@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sslrun.config import MethodConfig
+from sslrun.config import POSITIVE, MethodConfig, checked
 from sslrun.losses import nt_xent, resolve_backend
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ContrastiveConfig(MethodConfig):
-    temperature: float = 0.2
+    temperature: float = checked(0.2, POSITIVE)
     loss_backend: str = "auto"
     gather: bool = True
 

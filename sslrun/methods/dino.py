@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sslrun.config import NON_NEGATIVE, POSITIVE, UNIT, checked
 from sslrun.losses import dino
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
@@ -31,13 +32,13 @@ from sslrun.methods.multicrop import MultiCrop, MultiCropConfig
 
 @dataclass
 class DINOConfig(MomentumConfig, MultiCropConfig):
-    out_dim: int = 1024
+    out_dim: int = checked(1024, POSITIVE)
     head_bn: bool = True
-    momentum_base: float = 0.9
-    student_temperature: float = 0.1
-    teacher_temperature: float = 0.04
-    center_momentum: float = 0.9
-    freeze_last_layer_epochs: float = 1.0
+    momentum_base: float = checked(0.9, UNIT)
+    student_temperature: float = checked(0.1, POSITIVE)
+    teacher_temperature: float = checked(0.04, POSITIVE)
+    center_momentum: float = checked(0.9, UNIT)
+    freeze_last_layer_epochs: float = checked(1.0, NON_NEGATIVE)
 
 
 @METHODS.register("dino")

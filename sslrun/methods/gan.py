@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from sslrun.config import MethodConfig
+from sslrun.config import POSITIVE, MethodConfig, checked
 from sslrun.data.views import ViewSpec, single_view
 from sslrun.losses import discriminator_bce, generator_non_saturating
 from sslrun.methods import METHODS
@@ -32,8 +32,8 @@ from sslrun.methods.decoders import ConvDecoder, fixed_codes, prior_codes
 
 @dataclass
 class GANConfig(MethodConfig):
-    latent_dim: int = 100
-    generator_width: int = 128
+    latent_dim: int = checked(100, POSITIVE)
+    generator_width: int = checked(128, POSITIVE)
 
 
 @METHODS.register("gan")

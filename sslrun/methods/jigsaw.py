@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from sslrun.config import MethodConfig
+from sslrun.config import HALF_OPEN_UNIT, POSITIVE, MethodConfig, checked
 from sslrun.data.views import ViewSpec, single_view
 from sslrun.errors import UserError
 from sslrun.methods import METHODS
@@ -86,8 +86,8 @@ def cut_tiles(images: torch.Tensor, grid: int, tile: int, offsets: torch.Tensor)
 @dataclass
 class JigsawConfig(MethodConfig):
     grid: Any = "auto"
-    num_permutations: int = 100
-    tile_fraction: float = 0.85
+    num_permutations: int = checked(100, POSITIVE)
+    tile_fraction: float = checked(0.85, HALF_OPEN_UNIT)
 
 
 @METHODS.register("jigsaw")

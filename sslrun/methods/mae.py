@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from sslrun.backbones.vit import position_embeddings, transformer_block
-from sslrun.config import MethodConfig
+from sslrun.config import OPEN_UNIT, POSITIVE, MethodConfig, checked
 from sslrun.data.views import ViewSpec, single_view
 from sslrun.errors import UserError
 from sslrun.losses import masked_patches, patchify, unpatchify
@@ -29,10 +29,10 @@ from sslrun.methods.base import SSLMethod
 
 @dataclass
 class MAEConfig(MethodConfig):
-    mask_ratio: float = 0.75
-    decoder_dim: int = 128
-    decoder_depth: int = 2
-    decoder_heads: int = 4
+    mask_ratio: float = checked(0.75, OPEN_UNIT)
+    decoder_dim: int = checked(128, POSITIVE)
+    decoder_depth: int = checked(2, POSITIVE)
+    decoder_heads: int = checked(4, POSITIVE)
     norm_pix_loss: bool = True
 
 

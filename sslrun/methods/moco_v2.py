@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sslrun.config import POSITIVE, UNIT, checked
 from sslrun.losses import moco
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
@@ -25,10 +26,10 @@ from sslrun.methods.queue import FeatureQueue
 
 @dataclass
 class MoCoV2Config(MomentumConfig):
-    temperature: float = 0.2
-    queue_size: int = 4096
-    momentum_base: float = 0.99
-    momentum_final: float = 0.999
+    temperature: float = checked(0.2, POSITIVE)
+    queue_size: int = checked(4096, POSITIVE)
+    momentum_base: float = checked(0.99, UNIT)
+    momentum_final: float = checked(0.999, UNIT)
 
 
 @METHODS.register("moco_v2")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sslrun.config import POSITIVE, checked
 from sslrun.losses import info_nce
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
@@ -22,8 +23,8 @@ from sslrun.methods.momentum import MomentumConfig, ProjectorTeacher
 
 @dataclass
 class MoCoV3Config(MomentumConfig):
-    temperature: float = 0.2
-    pred_hidden_dim: int = 512
+    temperature: float = checked(0.2, POSITIVE)
+    pred_hidden_dim: int = checked(512, POSITIVE)
 
 
 @METHODS.register("moco_v3")

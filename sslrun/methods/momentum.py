@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslrun.config import MethodConfig
+from sslrun.config import UNIT, MethodConfig, checked
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -42,8 +42,8 @@ def ema_update(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
 class MomentumConfig(MethodConfig):
     """Fields of a method with an EMA teacher: the momentum goes from ``momentum_base`` to ``momentum_final``."""
 
-    momentum_base: float = 0.99
-    momentum_final: float = 1.0
+    momentum_base: float = checked(0.99, UNIT)
+    momentum_final: float = checked(1.0, UNIT)
 
 
 class ProjectorTeacher:

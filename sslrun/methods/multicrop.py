@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sslrun.config import MethodConfig
+from sslrun.config import NON_NEGATIVE, MethodConfig, checked
 from sslrun.data.views import ViewSpec, multi_crop
 
 
 @dataclass
 class MultiCropConfig(MethodConfig):
-    local_crops: int = 2
+    local_crops: int = checked(2, NON_NEGATIVE)
     global_crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
     local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.25])
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sslrun.config import MethodConfig
+from sslrun.config import POSITIVE, MethodConfig, checked
 from sslrun.losses import info_nce, nearest_neighbour
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
@@ -25,9 +25,9 @@ from sslrun.methods.queue import FeatureQueue
 
 @dataclass
 class NNCLRConfig(MethodConfig):
-    temperature: float = 0.2
-    queue_size: int = 4096
-    pred_hidden_dim: int = 512
+    temperature: float = checked(0.2, POSITIVE)
+    queue_size: int = checked(4096, POSITIVE)
+    pred_hidden_dim: int = checked(512, POSITIVE)
 
 
 @METHODS.register("nnclr")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sslrun.config import MethodConfig
+from sslrun.config import POSITIVE, MethodConfig, checked
 from sslrun.losses import negative_cosine
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
@@ -23,8 +23,8 @@ from sslrun.methods.heads import mlp
 
 @dataclass
 class SimSiamConfig(MethodConfig):
-    proj_output_dim: int = 512
-    pred_hidden_dim: int = 128
+    proj_output_dim: int = checked(512, POSITIVE)
+    pred_hidden_dim: int = checked(128, POSITIVE)
 
 
 @METHODS.register("simsiam")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sslrun.config import NON_NEGATIVE, POSITIVE, checked
 from sslrun.losses import sinkhorn, swav
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
@@ -29,14 +30,14 @@ from sslrun.methods.multicrop import MultiCrop, MultiCropConfig
 
 @dataclass
 class SwAVConfig(MultiCropConfig):
-    num_prototypes: int = 100
-    temperature: float = 0.1
-    epsilon: float = 0.05
-    sinkhorn_iterations: int = 3
-    local_crops: int = 0
+    num_prototypes: int = checked(100, POSITIVE)
+    temperature: float = checked(0.1, POSITIVE)
+    epsilon: float = checked(0.05, POSITIVE)
+    sinkhorn_iterations: int = checked(3, POSITIVE)
+    local_crops: int = checked(0, NON_NEGATIVE)
     global_crop_scale: list[float] = field(default_factory=lambda: [0.14, 1.0])
     local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
-    freeze_prototypes_epochs: float = 1.0
+    freeze_prototypes_epochs: float = checked(1.0, NON_NEGATIVE)
 
 
 @METHODS.register("swav")

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from sslrun.config import MethodConfig
+from sslrun.config import NON_NEGATIVE, POSITIVE, MethodConfig, checked
 from sslrun.data.views import ViewSpec, single_view
 from sslrun.losses import gaussian_kl, vae
 from sslrun.methods import METHODS
@@ -25,9 +25,9 @@ from sslrun.methods.decoders import ConvDecoder, fixed_codes, prior_codes
 
 @dataclass
 class VAEConfig(MethodConfig):
-    latent_dim: int = 64
-    beta: float = 1.0
-    decoder_width: int = 128
+    latent_dim: int = checked(64, POSITIVE)
+    beta: float = checked(1.0, NON_NEGATIVE)
+    decoder_width: int = checked(128, POSITIVE)
 
 
 @METHODS.register("vae")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sslrun.config import MethodConfig
+from sslrun.config import NON_NEGATIVE, POSITIVE, MethodConfig, checked
 from sslrun.losses import vicreg
 from sslrun.methods import METHODS
 from sslrun.methods.base import SSLMethod
@@ -22,10 +22,10 @@ from sslrun.methods.heads import mlp
 
 @dataclass
 class VICRegConfig(MethodConfig):
-    proj_output_dim: int = 512
-    sim_weight: float = 25.0
-    var_weight: float = 25.0
-    cov_weight: float = 1.0
+    proj_output_dim: int = checked(512, POSITIVE)
+    sim_weight: float = checked(25.0, NON_NEGATIVE)
+    var_weight: float = checked(25.0, NON_NEGATIVE)
+    cov_weight: float = checked(1.0, NON_NEGATIVE)
 
 
 @METHODS.register("vicreg")
