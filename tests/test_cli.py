@@ -2,34 +2,11 @@
 
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-SSLRUN = str(Path(sys.executable).with_name("sslrun"))
-TINY = [
-    "data.limit=64",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "backbone=convnet",
-    "backbone.width=0.25",
-    "trainer=debug",
-]
-
-
-def sslrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([SSLRUN, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr + proc.stdout
-    message = " ".join(proc.stderr.split())
-    for fragment in fragments:
-        assert fragment in message, message
+from cli_helpers import TINY, assert_user_error, sslrun
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,17 @@ with its last good checkpoint."""
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import SSLRUN, TINY, sslrun
 
 from sslrun.callbacks.checkpoints import RUN_KEY, AtomicCheckpointIO
 from sslrun.callbacks.knn import collapse_warning
 from sslrun.resume import MAY_DIFFER, Resume, differing
 
-SSLRUN = str(Path(sys.executable).with_name("sslrun"))
 # Deterministic fp32 on digits (in memory: views made a batch at a time), 44 steps per epoch, no time-based saves.
 RUN = [
     "data.batch_size=32",
@@ -172,3 +171,14 @@ def test_rankme_warns_at_collapse_and_at_a_steep_fall():
     assert collapse_warning(5.0, 28.0, 128) is not None
     assert collapse_warning(20.0, 28.0, 128) is None
     assert "at most 128" in collapse_warning(1.2, 30.0, 128)
+
+
+def test_a_full_finetune_resumes_too(tmp_path):
+    args = ["finetune", "mode=full", *TINY, "trainer.max_steps=-1", f"hydra.run.dir={tmp_path / 'ft'}"]
+    first = sslrun(*args, "trainer.max_epochs=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert run_info(tmp_path / "ft" / "checkpoints" / "last.ckpt")["command"] == "finetune"
+    second = sslrun(*args, "trainer.max_epochs=2", cwd=tmp_path)
+    log = " ".join((second.stdout + second.stderr).split())
+    assert second.returncode == 0 and "resuming from" in log and "1 epochs done" in log, log[-3000:]
+    assert run_info(tmp_path / "ft" / "checkpoints" / "last.ckpt")["epochs_done"] == 2
