@@ -205,10 +205,13 @@ def test_batched_data_module_yields_the_reference_batches_after_transfer():
     (ref1, ref2), ref_labels = reference_dm.on_after_batch_transfer(next(iter(reference_dm.train_dataloader())), 0)
     images, labels = next(iter(batched_dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (16, 1, 32, 32)
-    torch.manual_seed(1)
     (view1, view2), out_labels = batched_dm.on_after_batch_transfer((images, labels), 0)
-    torch.manual_seed(1)
-    (again1, _), _ = batched_dm.augment_batch((images, labels))
+    (later1, _), _ = batched_dm.on_after_batch_transfer((images, labels), 0)
+    # outside a trainer: rank 0, step 0, so the views come from a generator seeded by the run's seed alone, the
+    # same at every call (under a trainer the seed moves with rank and step, see test_resume)
+    seeded = torch.Generator().manual_seed(batched_dm._seed)
+    (again1, _), _ = batched_dm.augment_batch((images, labels), seeded)
+    assert torch.equal(view1, later1)
     for ref, ours in ((ref1, view1), (ref2, view2)):
         assert ours.shape == ref.shape and ours.dtype == ref.dtype == torch.float32
     assert torch.equal(out_labels, labels) and out_labels.dtype == ref_labels.dtype
@@ -248,3 +251,19 @@ def test_contrastive_fit_runs_through_the_batched_path():
     for (view1, view2), labels in record.batches:
         assert view1.shape == view2.shape == (16, 1, 32, 32) and view1.dtype == torch.float32 and len(labels) == 16
     assert any(not torch.equal(a, b) for a, b in zip(before, model.backbone.parameters(), strict=True))
+
+
+def test_batched_views_are_seeded_by_rank_and_step():
+    """Same (rank, step): the same views, so a resumed run redraws them; another rank or step: other views."""
+    from types import SimpleNamespace
+
+    dm = digits_module(True)
+    batch = next(iter(dm.train_dataloader()))
+
+    def views(rank: int, step: int) -> torch.Tensor:
+        dm.trainer = SimpleNamespace(global_rank=rank, global_step=step)
+        return dm.on_after_batch_transfer(batch, 0)[0][0]
+
+    first = views(0, 5)
+    assert torch.equal(first, views(0, 5))
+    assert not torch.equal(first, views(0, 6)) and not torch.equal(first, views(1, 5))
