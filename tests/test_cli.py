@@ -161,6 +161,12 @@ def test_pretrain_runs_ddp_on_two_cpu_processes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and "knn_top1" in metrics
+    # the same command with a longer schedule resumes on both ranks
+    proc = sslrun("pretrain", *TINY[:5], *ddp, "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    assert proc.returncode == 0 and "resuming from" in proc.stdout + proc.stderr, (
+        proc.stdout[-3000:] + proc.stderr[-3000:]
+    )
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["steps"] == 4
 
 
 def test_multirun_sweeps_each_combination(tmp_path):
