@@ -36,13 +36,18 @@ def resolve_path(pretrained: str) -> Path:
     return path
 
 
-def load_pretrained(pretrained: str) -> Pretrained:
-    path = resolve_path(pretrained)
+def read_checkpoint(path: Path) -> Any:
+    """The checkpoint file's contents on the CPU (plain types and tensors only); UserError when it cannot be read."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as err:
         reason = " ".join(str(err).split())[:160]
         raise UserError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {reason}") from None
+
+
+def load_pretrained(pretrained: str) -> Pretrained:
+    path = resolve_path(pretrained)
+    ckpt = read_checkpoint(path)
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     if "cfg" not in hparams or not any(k.startswith(BACKBONE_PREFIX) for k in state):

@@ -6,16 +6,14 @@ config is refused, naming the keys that differ (those in ``MAY_DIFFER`` may chan
 from __future__ import annotations
 
 import logging
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from pickle import UnpicklingError
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from sslrun.callbacks.checkpoints import RUN_KEY
+from sslrun.checkpoint import read_checkpoint
 from sslrun.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -111,11 +109,7 @@ def resolve(setting: str, out_dir: Path, command: str, config: dict[str, Any]) -
 
 
 def read_run_info(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as err:
-        reason = " ".join(str(err).split())[:160]
-        raise UserError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {reason}") from None
+    ckpt = read_checkpoint(path)
     info = ckpt.get(RUN_KEY) if isinstance(ckpt, dict) else None
     if not isinstance(info, dict):
         raise UserError(f"{path} holds no sslrun run state (written by another tool or an older sslrun); resume=never")
