@@ -161,7 +161,8 @@ class SSLDataModule(pl.LightningDataModule):
     (called by Lightning on the training device) or ``augment_batch`` turns that into the same (views, labels).
     stage ``finetune``: ``train_dataloader`` yields (images, labels) with light augmentation. With
     ``data.label_fraction`` < 1 the train split (its loaders, the kNN bank and the probe's training set) is the
-    ``label_subset`` picked by ``seed`` (the run's); the val split is never reduced.
+    ``label_subset`` picked by ``seed`` (the run's); the val split is never reduced. ``seed`` also seeds the
+    batched views (with the rank and the step).
     ``eval_dataloaders`` yields (images, labels) of the train and val splits with the deterministic eval transform.
     """
 
@@ -173,7 +174,7 @@ class SSLDataModule(pl.LightningDataModule):
         self.stage = stage
         self.view_specs = tuple(views)
         self._generator: torch.Generator | None = None
-        self._seed = torch.initial_seed()  # the run's seed (``seed_everything`` ran before)
+        self._seed = seed
         if cfg.batch_size < 1:
             raise UserError(f"data.batch_size={cfg.batch_size} must be a positive number of images")
         parse_workers(cfg.num_workers)
