@@ -72,3 +72,13 @@ def check(loss_fn, ref_fn, inputs: list[torch.Tensor], t: float, count: int, sca
         tol = grad_tol(t, count, x, scale, factor)
         assert torch.all(err <= tol), f"max err {err.max().item():.3g}, worst err/tol {(err / tol).max().item():.3g}"
     return loss, grads
+
+
+def autocast_forward(loss_fn):
+    """The loss's forward under CPU bf16 autocast; check() takes the backward outside it, as Lightning does."""
+
+    def forward(*leaves):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return loss_fn(*leaves)
+
+    return forward

@@ -5,7 +5,7 @@ the GPU tiles, the other D the resident one."""
 
 import pytest
 import torch
-from contrastive_reference import check, loss_tol, make_views, ref_info_nce, ref_nt_xent
+from contrastive_reference import autocast_forward, check, loss_tol, make_views, ref_info_nce, ref_nt_xent
 
 pytest.importorskip("triton")
 
@@ -275,3 +275,10 @@ def test_emulated_tf32_breaks_the_loss_and_the_chosen_tf32x3_keeps_it(monkeypatc
         assert errors["tf32"] > 10 * loss_tol(t), errors
         assert errors["tf32x3"] <= loss_tol(t) and errors["ieee"] <= loss_tol(t), errors
     assert _emulated_nt_xent(*make_views(256, 64, "identical"), t, "tf32").item() < 0  # a loss below its minimum
+
+
+def test_autocast_does_not_lower_the_kernel_inputs():
+    """Under bf16 autocast fp32 embeddings reach the kernel as fp32 (the loss disables autocast around itself)."""
+    z1, z2 = make_views(130, 64, "identical")
+    loss_fn = autocast_forward(lambda a, b: nt_xent(a, b, 0.1, "triton"))
+    check(loss_fn, lambda a, b: ref_nt_xent(a, b, 0.1), [z1, z2], 0.1, 130)

@@ -7,11 +7,30 @@ softmax. The tiling follows Inf-CL (arXiv 2410.17243); the symmetric trick is de
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 CHUNK_ELEMENTS = 1 << 23
 """Logits per row chunk (32 MiB of fp32); tuned with ``scripts/bench_contrastive_loss.py`` on a 2-core CPU."""
+
+
+@contextlib.contextmanager
+def ieee_fp32_matmuls(device: torch.device) -> Iterator[None]:
+    """torch's fp32 matmuls without TF32 on CUDA within the block (restored after). The loss is a difference of
+    O(1/temperature) terms and its positive term is exact fp32: TF32 logits (10-bit mantissa) put the log-sum-exp
+    off by up to ~7e-2 at temperature 0.01 (tests/test_kernels_nt_xent.py emulates it)."""
+    previous = torch.get_float32_matmul_precision()
+    if device.type != "cuda" or previous == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def _chunks(n_rows: int, n_cols: int, chunk_elements: int) -> list[slice]:
@@ -30,6 +49,11 @@ def _logits(rows: Tensor, cols: Tensor, self_cols: Tensor | None, scale: float) 
 class _ChunkedLSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor | None, self_cols: Tensor | None, scale: float, chunk_elements: int):
+        with ieee_fp32_matmuls(q.device):
+            return _ChunkedLSE._forward(ctx, q, k, self_cols, scale, chunk_elements)
+
+    @staticmethod
+    def _forward(ctx, q: Tensor, k: Tensor | None, self_cols: Tensor | None, scale: float, chunk_elements: int):
         cols = q if k is None else k
         lse = q.new_empty(q.shape[0])
         for rows in _chunks(q.shape[0], cols.shape[0], chunk_elements):
@@ -41,6 +65,11 @@ class _ChunkedLSE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_lse: Tensor):
+        with ieee_fp32_matmuls(grad_lse.device):
+            return _ChunkedLSE._backward(ctx, grad_lse)
+
+    @staticmethod
+    def _backward(ctx, grad_lse: Tensor):
         q, k, self_cols, lse = ctx.saved_tensors
         scale = ctx.scale
         g = grad_lse.to(lse.dtype)

@@ -17,13 +17,15 @@ and, s being symmetric, P_jk = exp(s_kj - lse_j): the rows of z_k's chunk give i
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from sslrun.errors import UserError
 from sslrun.kernels import triton_unavailable_reason
-from sslrun.losses.chunked import lse_chunked
+from sslrun.losses.chunked import ieee_fp32_matmuls, lse_chunked
 from sslrun.registry import Registry, unknown_name_message
 
 NT_XENT_BACKENDS = ("auto", "triton", "chunked", "naive")
@@ -32,11 +34,22 @@ LSE_BACKENDS: Registry = Registry("loss backend")
 """name -> lse(q (R, D), k (M, D) | None, self_cols (R,) | None, scale) -> (R,) fp32; k None means k = q."""
 
 
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast would run the logits' matmul in bf16/fp16 while the positive term stays fp32 (the loss of identical
+    views at temperature 0.1 came out 0.000 instead of 0.034 under CPU bf16 autocast); the loss picks its own
+    precision from its inputs' dtype instead."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 @LSE_BACKENDS.register("naive")
 def lse_naive(q: Tensor, k: Tensor | None, self_cols: Tensor | None, scale: float) -> Tensor:
-    """Dense reference: the whole (R, M) logit matrix, self columns set to -inf before ``logsumexp``."""
+    """Dense reference: the whole (R, M) logit matrix, self columns set to -inf before ``logsumexp``. fp32 on CUDA
+    is computed without TF32 in the forward; its backward is autograd's and follows torch's matmul precision."""
     q = q.float()
-    logits = torch.mm(q * scale, (q if k is None else k.float()).T)
+    with ieee_fp32_matmuls(q.device):
+        logits = torch.mm(q * scale, (q if k is None else k.float()).T)
     if self_cols is not None:
         logits = logits.scatter(1, self_cols[:, None], float("-inf"))
     return torch.logsumexp(logits, dim=1)
@@ -95,6 +108,12 @@ def nt_xent(
     if not (0 <= row_offset and 1 <= rows and row_offset + rows <= n):
         raise ValueError(f"row block [{row_offset}, {row_offset + rows}) is not inside the {n} rows of each view")
     lse_fn = LSE_BACKENDS.get(resolve_backend(backend, z1.device))
+    with _no_autocast(z1.device):
+        return _nt_xent(z1, z2, temperature, lse_fn, row_offset, rows)
+
+
+def _nt_xent(z1: Tensor, z2: Tensor, temperature: float, lse_fn, row_offset: int, rows: int) -> Tensor:
+    n = z1.shape[0]
     z = _normalize(torch.cat([z1, z2]))
     mine = slice(row_offset, row_offset + rows)
     a, b = z[:n][mine], z[n:][mine]
@@ -120,6 +139,7 @@ def info_nce(q: Tensor, k: Tensor, temperature: float, backend: str = "auto", ro
     if not (0 <= row_offset and n + row_offset <= k.shape[0]):
         raise ValueError(f"positives [{row_offset}, {row_offset + n}) are not inside the {k.shape[0]} keys")
     lse_fn = LSE_BACKENDS.get(resolve_backend(backend, q.device))
-    qn, kn = _normalize(q), _normalize(k)
-    positives = (qn.float() * kn[row_offset : row_offset + n].float()).sum(dim=1) / temperature
-    return (lse_fn(qn, kn, None, 1.0 / temperature) - positives).mean()
+    with _no_autocast(q.device):
+        qn, kn = _normalize(q), _normalize(k)
+        positives = (qn.float() * kn[row_offset : row_offset + n].float()).sum(dim=1) / temperature
+        return (lse_fn(qn, kn, None, 1.0 / temperature) - positives).mean()
