@@ -3,10 +3,12 @@
 Every case runs in a fresh subprocess so peak memory is not polluted by earlier cases: on CPU the peak is the growth
 of the resident set (VmHWM - VmRSS from /proc/self/status), on CUDA torch.cuda.max_memory_allocated, both over the
 first call (the warm-up); time_s is the fastest of the --repeats calls after it. tflops counts 6 (2N)^2 D FLOPs
-(one (2N)^2 D matmul forward, two backward; the same for every backend). naive is skipped when its (2N)^2
-matrices (~16 bytes per logit) would take over half the free memory.
+(one (2N)^2 D matmul forward, two backward; the same for every backend, and what the Triton kernel issues for the
+symmetric loss: tests/test_kernels_nt_xent.py counts it). naive is skipped when its (2N)^2 matrices (~16 bytes per
+logit) would take over half the free memory.
 
     python scripts/bench_contrastive_loss.py --sizes 16384 --dims 128 --backends naive,chunked
+    python scripts/bench_contrastive_loss.py --device cuda --matmul-precision high --dtype float32   # on a GPU
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ def available_bytes(device: torch.device) -> int:
     return _proc_kib("MemAvailable", "/proc/meminfo") * 1024
 
 
-def run_case(two_n: int, dim: int, backend: str, device: torch.device, repeats: int, temperature: float) -> dict:
+def run_case(
+    two_n: int, dim: int, backend: str, device: torch.device, repeats: int, temperature: float, dtype: str
+) -> dict:
     from sslrun.losses import nt_xent
 
     gen = torch.Generator().manual_seed(0)
-    z1 = torch.randn(two_n // 2, dim, generator=gen).to(device).requires_grad_()
-    z2 = torch.randn(two_n // 2, dim, generator=gen).to(device).requires_grad_()
+    z1 = torch.randn(two_n // 2, dim, generator=gen).to(device, getattr(torch, dtype)).requires_grad_()
+    z2 = torch.randn(two_n // 2, dim, generator=gen).to(device, getattr(torch, dtype)).requires_grad_()
 
     def step() -> float:
         z1.grad = z2.grad = None
@@ -80,12 +84,23 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--temperature", type=float, default=0.1)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--matmul-precision",
+        default="highest",
+        choices=["highest", "high", "medium"],
+        help="torch.set_float32_matmul_precision: the Triton kernel runs fp32 as ieee at highest, tf32x3 otherwise",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
+    torch.set_float32_matmul_precision(args.matmul_precision)
     if args.case:
         case = json.loads(args.case)
-        print(json.dumps(run_case(case["two_n"], case["dim"], case["backend"], device, args.repeats, args.temperature)))
+        result = run_case(
+            case["two_n"], case["dim"], case["backend"], device, args.repeats, args.temperature, args.dtype
+        )
+        print(json.dumps(result))
         return
     backends = (
         args.backends.split(",") if args.backends else ["naive", "chunked"] + ["triton"] * (device.type == "cuda")
@@ -93,7 +108,8 @@ def main() -> None:
     for two_n in map(int, args.sizes.split(",")):
         for dim in map(int, args.dims.split(",")):
             for backend in backends:
-                row = {"two_n": two_n, "dim": dim, "backend": backend, "device": device.type, "dtype": "float32"}
+                row = {"two_n": two_n, "dim": dim, "backend": backend, "device": device.type, "dtype": args.dtype}
+                row["matmul_precision"] = args.matmul_precision
                 need = NAIVE_BYTES_PER_LOGIT * two_n**2
                 if backend == "naive" and need > 0.5 * available_bytes(device):
                     row["skipped"] = (
@@ -102,7 +118,8 @@ def main() -> None:
                     print(json.dumps(row), flush=True)
                     continue
                 cmd = [sys.executable, __file__, "--device", args.device, "--repeats", str(args.repeats)]
-                cmd += ["--temperature", str(args.temperature), "--case", json.dumps(row)]
+                cmd += ["--temperature", str(args.temperature), "--dtype", args.dtype, "--case", json.dumps(row)]
+                cmd += ["--matmul-precision", args.matmul_precision]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode == 0:
                     row.update(json.loads(done.stdout.strip().splitlines()[-1]))
