@@ -197,20 +197,9 @@ def test_autocast_does_not_lower_the_logits_precision(backend, kind):
     """Under bf16 autocast (the CPU default trainer) fp32 embeddings keep fp32 logits: autocast would run the
     logits' matmul in bf16 while the positive term stays fp32 (identical views at t = 0.1 gave 0.000 for 0.034)."""
     z1, z2 = make_views(256, 128, kind)
-    check(
-        autocast_forward(lambda a, b: nt_xent(a, b, 0.1, backend)),
-        lambda a, b: ref_nt_xent(a, b, 0.1),
-        [z1, z2],
-        0.1,
-        256,
-    )
-    check(
-        autocast_forward(lambda a, b: info_nce(a, b, 0.1, backend)),
-        lambda a, b: ref_info_nce(a, b, 0.1),
-        [z1, z2],
-        0.1,
-        128,
-    )
+    for loss, ref, count in [(nt_xent, ref_nt_xent, 256), (info_nce, ref_info_nce, 128)]:
+        loss_fn = autocast_forward(lambda a, b, loss=loss: loss(a, b, 0.1, backend))
+        check(loss_fn, lambda a, b, ref=ref: ref(a, b, 0.1), [z1, z2], 0.1, count)
 
 
 def test_tf32_is_off_inside_the_pytorch_backends_on_cuda():
