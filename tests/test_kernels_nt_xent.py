@@ -13,6 +13,7 @@ from sslrun.kernels import triton_interpreting  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not triton_interpreting(), reason="CPU tensors need TRITON_INTERPRET=1")
 
+from sslrun.kernels.emulation import emulated_nt_xent  # noqa: E402
 from sslrun.kernels.nt_xent import (  # noqa: E402
     GPU_TILES,
     INTERPRETER_TILES,
@@ -226,44 +227,10 @@ def test_fp16_weights_are_scaled_into_range():
     assert (q.grad.double() - ref_q.grad).abs().max() < 2e-3 * ref_q.grad.abs().max()
 
 
-# TF32 emulation. Triton's "tf32" dot feeds raw fp32 bits to the tensor cores, which read 10 mantissa bits
-# (truncation); "tf32x3" splits a = big + small with big = cvt.rna.tf32(a) (round to nearest, ties away) and
-# sums small*big + big*small + big*big in fp32 (triton lib/Dialect/TritonGPU/Transforms/F32DotTC.cpp).
-# The products of two TF32 values are exact in fp32, so an fp32 CPU matmul of the emulated operands is faithful
-# up to the summation order.
-
-
-def _truncate_tf32(x: torch.Tensor) -> torch.Tensor:
-    return (x.view(torch.int32) & ~0x1FFF).view(torch.float32)
-
-
-def _round_tf32(x: torch.Tensor) -> torch.Tensor:
-    return ((x.view(torch.int32) + 0x1000) & ~0x1FFF).view(torch.float32)
-
-
-def _emulated_dot(a: torch.Tensor, b: torch.Tensor, precision: str) -> torch.Tensor:
-    if precision == "tf32":
-        return _truncate_tf32(a) @ _truncate_tf32(b).T
-    if precision == "tf32x3":
-        a_big, b_big = _round_tf32(a), _round_tf32(b)
-        a_small, b_small = _truncate_tf32(a - a_big), _truncate_tf32(b - b_big)
-        return a_small @ b_big.T + a_big @ b_small.T + a_big @ b_big.T
-    return a @ b.T
-
-
-def _emulated_nt_xent(z1, z2, t, precision):
-    """The kernel's loss with the logits' dot product emulated at ``precision``; the positive term in exact fp32,
-    as sslrun.losses.nt_xent computes it."""
-    z = torch.nn.functional.normalize(torch.cat([z1, z2]).float(), dim=1)
-    n = z1.shape[0]
-    logits = (_emulated_dot(z, z, precision) / t).fill_diagonal_(float("-inf"))
-    positives = (z[:n] * z[n:]).sum(dim=1) / t
-    return (torch.logsumexp(logits, dim=1).sum() - 2 * positives.sum()) / (2 * n)
-
-
 def test_emulated_tf32_breaks_the_loss_and_the_chosen_tf32x3_keeps_it(monkeypatch):
-    """At tau = 0.01 plain TF32 puts the loss off by ~7e-2 (below zero for identical views), 180x the tolerance;
-    tf32x3, what the kernel picks when torch allows TF32, stays within it; "highest" keeps IEEE fp32."""
+    """At tau = 0.01 plain TF32 (emulated: sslrun.kernels.emulation) puts the loss off by ~7e-2 (below zero for
+    identical views), 180x the tolerance; tf32x3, what the kernel picks when torch allows TF32, stays within it;
+    "highest" keeps IEEE fp32. The float64 reference is the tests' own (contrastive_reference.py)."""
     for setting, expected in [("highest", "ieee"), ("high", "tf32x3"), ("medium", "tf32x3")]:
         monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda setting=setting: setting)
         assert default_precision() == expected
@@ -271,10 +238,10 @@ def test_emulated_tf32_breaks_the_loss_and_the_chosen_tf32x3_keeps_it(monkeypatc
     for kind in ("identical", "random"):
         z1, z2 = make_views(256, 64, kind)
         ref = ref_nt_xent(z1, z2, t).item()
-        errors = {p: abs(_emulated_nt_xent(z1, z2, t, p).item() - ref) for p in ("ieee", "tf32", "tf32x3")}
+        errors = {p: abs(emulated_nt_xent(z1, z2, t, p).item() - ref) for p in ("ieee", "tf32", "tf32x3")}
         assert errors["tf32"] > 10 * loss_tol(t), errors
         assert errors["tf32x3"] <= loss_tol(t) and errors["ieee"] <= loss_tol(t), errors
-    assert _emulated_nt_xent(*make_views(256, 64, "identical"), t, "tf32").item() < 0  # a loss below its minimum
+    assert emulated_nt_xent(*make_views(256, 64, "identical"), t, "tf32").item() < 0  # a loss below its minimum
 
 
 def test_autocast_does_not_lower_the_kernel_inputs():
