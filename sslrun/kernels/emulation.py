@@ -27,9 +27,10 @@ def round_tf32(x: Tensor) -> Tensor:
 
 
 def emulated_dot(a: Tensor, b: Tensor, precision: str) -> Tensor:
-    """a @ b.T for fp32 (R, D), (M, D) as a GPU ``tl.dot(..., input_precision=precision)`` computes it."""
+    """a @ b.T for fp32 (R, D), (M, D) as a GPU ``tl.dot(..., input_precision=precision)`` computes it; "float64":
+    in float64 (the reference)."""
     if precision == "float64":
-        return (a.double() @ b.double().T).float()
+        return a.double() @ b.double().T
     if precision == "tf32":
         return truncate_tf32(a) @ truncate_tf32(b).T
     if precision == "tf32x3":
@@ -47,7 +48,6 @@ def emulated_nt_xent(z1: Tensor, z2: Tensor, temperature: float, precision: str)
     dtype = torch.float64 if precision == "float64" else torch.float32
     z = F.normalize(torch.cat([z1, z2]).to(dtype), dim=1)
     n = z1.shape[0]
-    dots = (z @ z.T) if precision == "float64" else emulated_dot(z, z, precision)
-    logits = (dots / temperature).fill_diagonal_(float("-inf"))
+    logits = (emulated_dot(z, z, precision) / temperature).fill_diagonal_(float("-inf"))
     positives = (z[:n] * z[n:]).sum(dim=1) / temperature
     return (torch.logsumexp(logits, dim=1).sum() - 2 * positives.sum()) / (2 * n)

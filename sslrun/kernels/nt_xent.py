@@ -143,12 +143,11 @@ def _lse_bwd(a, b, self_idx, lse, g, grad, counter, n_own, n_oth, D, tiles_per_s
     g_own = tl.load(g + owner, mask=own_ok, other=0.0) if OWNER_TERM else tl.zeros((BLOCK_M,), tl.float32)
     out = grad + tl.program_id(1).to(tl.int64) * n_own * D + owner.to(tl.int64)[:, None] * D
     start, stop = _split_range(n_oth, tiles_per_split, BLOCK_N)
+    offs_full = tl.arange(0, BLOCK_D)
     if RESIDENT:
-        offs_full = tl.arange(0, BLOCK_D)
         a_tile = _load_rows(a, owner, n_own, offs_full, D, UPCAST)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     else:
-        offs_full = tl.arange(0, BLOCK_D)
         a_tile = owner
     for o0 in range(start, stop, BLOCK_N):
         other = o0 + tl.arange(0, BLOCK_N)
@@ -296,8 +295,8 @@ def plan(
         if programs is None:
             programs = 1 if triton_interpreting() else _target_programs(device)
         wanted = math.ceil(programs / owner_blocks)
-    if buffer_row_bytes and not (splits or _CONFIG.splits):
-        wanted = min(wanted, max(1, SPLIT_BUFFER_BYTES // (n_own * buffer_row_bytes)))
+        if buffer_row_bytes:
+            wanted = min(wanted, max(1, SPLIT_BUFFER_BYTES // (n_own * buffer_row_bytes)))
     wanted = max(1, min(wanted, other_tiles))
     tiles_per_split = triton.cdiv(other_tiles, wanted)
     return Plan(
@@ -316,13 +315,6 @@ def plan(
 
 def _forward_warps(p: Plan) -> int:
     return 4 if p.block_d <= 64 or triton_interpreting() else 8
-
-
-def _counter(device: torch.device) -> tuple[Tensor, bool]:
-    counter = _CONFIG.counter
-    if counter is None:
-        return torch.zeros(4, dtype=torch.int64, device=device), False
-    return counter, True
 
 
 def _merge_splits(maxes: Tensor, sums: Tensor) -> Tensor:
@@ -360,15 +352,15 @@ class _TritonLSE(torch.autograd.Function):
         else:
             mask, self_idx = MASK_OWNER, self_cols.to(device=q.device, dtype=torch.int32).contiguous()
         n_rows, n_cols, d = q.shape[0], cols.shape[0], q.shape[1]
-        counter, count = _counter(q.device)
+        counter = _CONFIG.counter  # None unless a test counts the work
         p = plan(n_rows, n_cols, d, q.element_size(), q.device)
         maxes = torch.empty(p.splits, n_rows, device=q.device, dtype=torch.float32)
         sums = torch.empty_like(maxes)
-        flags = {"UPCAST": triton_interpreting(), "PRECISION": precision, "COUNT": count}
+        flags = {"UPCAST": triton_interpreting(), "PRECISION": precision, "COUNT": counter is not None}
         with _device_guard(q):
             _lse_fwd[p.grid](
-                q, cols, _or(self_idx, maxes), maxes, sums, counter, n_rows, n_cols, d, p.tiles_per_split, scale,
-                MASK=mask, **p.constexprs(), **flags, num_warps=_forward_warps(p), num_stages=p.stages,
+                q, cols, _or(self_idx, maxes), maxes, sums, _or(counter, maxes), n_rows, n_cols, d, p.tiles_per_split,
+                scale, MASK=mask, **p.constexprs(), **flags, num_warps=_forward_warps(p), num_stages=p.stages,
             )  # fmt: skip
         lse = _merge_splits(maxes, sums)
         ctx.save_for_backward(q, k, self_idx, lse)
@@ -384,16 +376,15 @@ class _TritonLSE(torch.autograd.Function):
         need_k = k is not None and ctx.needs_input_grad[1]
         cols = q if k is None else k
         g, factor = _fp16_safe_weights(grad_lse.float().contiguous(), cols.shape[0])
-        flags = ctx.flags
-        counter = ctx.counter[2:]
+        counter = None if ctx.counter is None else ctx.counter[2:]
         dq = dk = None
         with _device_guard(q):
             if need_q:
-                dq = _backward_pass(q, cols, self_idx, lse, g, counter, ctx.mask, True, k is None, ctx.scale, flags)
+                dq = _backward_pass(q, cols, self_idx, lse, g, counter, ctx.mask, True, k is None, ctx.scale, ctx.flags)
                 dq = dq.mul_(factor * ctx.scale).to(q.dtype)
             if need_k:
                 mask = MASK_OTHER if ctx.mask == MASK_OWNER else MASK_NONE
-                dk = _backward_pass(k, q, self_idx, lse, g, counter, mask, False, True, ctx.scale, flags)
+                dk = _backward_pass(k, q, self_idx, lse, g, counter, mask, False, True, ctx.scale, ctx.flags)
                 dk = dk.mul_(factor * ctx.scale).to(k.dtype)
         return dq, dk, None, None, None
 
@@ -404,7 +395,7 @@ def _backward_pass(
     self_idx: Tensor | None,
     lse: Tensor,
     g: Tensor,
-    counter: Tensor,
+    counter: Tensor | None,
     mask: int,
     owner_term: bool,
     other_term: bool,
@@ -418,7 +409,7 @@ def _backward_pass(
     alloc = torch.empty if p.resident else torch.zeros
     grad = alloc(p.splits, n_own, d, device=a.device, dtype=torch.float32)
     _lse_bwd[p.grid](
-        a, b, _or(self_idx, lse), lse, g, grad, counter, n_own, n_oth, d, p.tiles_per_split, scale,
+        a, b, _or(self_idx, lse), lse, g, grad, _or(counter, lse), n_own, n_oth, d, p.tiles_per_split, scale,
         MASK=mask, OWNER_TERM=owner_term, OTHER_TERM=other_term, BLOCK_DO=p.block_do, **p.constexprs(), **flags,
         num_warps=p.warps, num_stages=p.stages,
     )  # fmt: skip
