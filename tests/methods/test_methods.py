@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from method_helpers import SIZE, Views, build, fixed_views, train_on_a_fixed_batch
+from helpers.methods import SIZE, Views, build, fixed_views, train_on_a_fixed_batch
 from torch.utils.data import DataLoader
 
 import sslrun.methods.base as base

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import TINY, assert_user_error, sslrun
+from helpers.cli import TINY, assert_user_error, sslrun
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from sslrun.data.base import label_subset, split_labels, square_image
 from sslrun.data.imagefolder import ImageFiles
 from sslrun.errors import UserError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "sslrun" / "configs" / "data"
+CONFIGS = Path(__file__).resolve().parents[2] / "sslrun" / "configs" / "data"
 DOWNLOADABLE = ("cifar10", "cifar100", "mnist", "fashion_mnist", "stl10")
 rng = np.random.default_rng(0)
 

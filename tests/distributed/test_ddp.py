@@ -11,7 +11,7 @@ import torch
 
 from sslrun.methods import METHODS
 
-WORKER = Path(__file__).with_name("ddp_worker.py")
+WORKER = Path(__file__).parents[1] / "helpers" / "ddp_worker.py"
 FIXED_BUFFERS = {"permutations"}  # jigsaw's permutation set: part of the state, constant by design
 
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from contrastive_reference import autocast_forward, check, grad_tol, loss_tol, make_views, ref_info_nce, ref_nt_xent
+from helpers.contrastive_reference import autocast_forward, check, grad_tol, loss_tol, make_views, ref_info_nce, ref_nt_xent
 
 from sslrun.errors import UserError
 from sslrun.kernels import triton_import_error

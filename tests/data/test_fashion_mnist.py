@@ -21,7 +21,7 @@ from sslrun.data import SSLDataModule, fashion_mnist
 from sslrun.data.torchvision_sets import FASHION_MNIST_STATS
 from sslrun.errors import UserError
 
-CONFIG = Path(__file__).resolve().parents[1] / "sslrun" / "configs" / "data" / "fashion_mnist.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "sslrun" / "configs" / "data" / "fashion_mnist.yaml"
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 SSLRUN = str(Path(sys.executable).with_name("sslrun"))
 

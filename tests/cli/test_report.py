@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import TINY, assert_user_error
-from cli_helpers import sslrun as run_sslrun
+from helpers.cli import TINY, assert_user_error
+from helpers.cli import sslrun as run_sslrun
 
 from sslrun.report import main, table
 from sslrun.report.plots import read_curves

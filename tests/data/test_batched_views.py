@@ -32,7 +32,7 @@ from sslrun.pretrain import schema
 # fp32 results of different but equivalent formulas (grid_sample vs interpolate, separable vs 2-D blur, closed-form
 # vs branchy HSV->RGB) on values in [0, 1].
 ATOL = 2e-5
-CONFIGS = Path(__file__).resolve().parents[1] / "sslrun" / "configs" / "data"
+CONFIGS = Path(__file__).resolve().parents[2] / "sslrun" / "configs" / "data"
 ALL_ON = recipe_views(crop_min_scale=0.08, flip_p=0.5, jitter_p=1.0, jitter_strength=1.0, grayscale_p=0.3, blur_p=0.5)
 N = 4000
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import SSLRUN, TINY, sslrun
+from helpers.cli import SSLRUN, TINY, sslrun
 
 from sslrun.callbacks.checkpoints import RUN_KEY, AtomicCheckpointIO
 from sslrun.callbacks.knn import collapse_warning

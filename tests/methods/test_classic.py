@@ -7,7 +7,7 @@ import copy
 import pytest
 import pytorch_lightning as pl
 import torch
-from method_helpers import SIZE, Views, build, fixed_views
+from helpers.methods import SIZE, Views, build, fixed_views
 from torch.utils.data import DataLoader
 
 from sslrun.losses import reconstruction_mse

@@ -1,5 +1,5 @@
 """Run one optimizer step of a method on a fixed global batch with N CPU processes (Lightning DDP, gloo) and save
-the resulting parameters and the loss; tests/test_ddp.py compares world size 1 against 2."""
+the resulting parameters and the loss; tests/distributed/test_ddp.py compares world size 1 against 2."""
 
 import argparse
 import os
