@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from helpers.cli import TINY, assert_user_error, sslrun
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from helpers.cli import TINY, assert_user_error
 from helpers.cli import sslrun as run_sslrun
-
 from sslrun.report import main, table
 from sslrun.report.plots import read_curves
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.cli import SSLRUN, TINY, sslrun
 
+from helpers.cli import SSLRUN, TINY, sslrun
 from sslrun.callbacks.checkpoints import RUN_KEY, AtomicCheckpointIO
 from sslrun.callbacks.knn import collapse_warning
 from sslrun.resume import MAY_DIFFER, Resume, differing

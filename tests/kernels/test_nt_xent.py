@@ -5,6 +5,7 @@ the GPU tiles, the other D the resident one."""
 
 import pytest
 import torch
+
 from helpers.contrastive_reference import autocast_forward, check, loss_tol, make_views, ref_info_nce, ref_nt_xent
 
 pytest.importorskip("triton")

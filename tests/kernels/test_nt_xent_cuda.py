@@ -7,6 +7,7 @@ Inputs are CPU leaves moved to the GPU inside the loss, so check() compares grad
 
 import pytest
 import torch
+
 from helpers.contrastive_reference import check, loss_tol, make_views, ref_info_nce, ref_nt_xent
 
 pytest.importorskip("triton")

@@ -5,8 +5,16 @@ import sys
 
 import pytest
 import torch
-from helpers.contrastive_reference import autocast_forward, check, grad_tol, loss_tol, make_views, ref_info_nce, ref_nt_xent
 
+from helpers.contrastive_reference import (
+    autocast_forward,
+    check,
+    grad_tol,
+    loss_tol,
+    make_views,
+    ref_info_nce,
+    ref_nt_xent,
+)
 from sslrun.errors import UserError
 from sslrun.kernels import triton_import_error
 from sslrun.losses import NT_XENT_BACKENDS, info_nce, nt_xent, resolve_backend

@@ -7,9 +7,9 @@ import copy
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers.methods import SIZE, Views, build, fixed_views
 from torch.utils.data import DataLoader
 
+from helpers.methods import SIZE, Views, build, fixed_views
 from sslrun.losses import reconstruction_mse
 from sslrun.methods.jigsaw import cut_tiles, hamming_permutations
 from sslrun.methods.rotation import rotate_all

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.methods import build, fixed_views
 
+from helpers.methods import build, fixed_views
 from sslrun.methods import METHODS
 
 GOLDEN = Path(__file__).with_name("golden.json")

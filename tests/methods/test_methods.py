@@ -8,10 +8,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from helpers.methods import SIZE, Views, build, fixed_views, train_on_a_fixed_batch
 from torch.utils.data import DataLoader
 
 import sslrun.methods.base as base
+from helpers.methods import SIZE, Views, build, fixed_views, train_on_a_fixed_batch
 from sslrun.methods import METHODS
 from sslrun.methods.momentum import cosine_momentum
 
