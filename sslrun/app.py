@@ -3,6 +3,7 @@ is composed and validated, so a typo or an unknown name ends in one clear line a
 
 from __future__ import annotations
 
+import os
 import sys
 from types import ModuleType
 
@@ -22,6 +23,15 @@ from sslrun.errors import Diverged, RunStopped, UserError
 from sslrun.registry import unknown_name_message
 
 CONFIG_MODULE = "sslrun.configs"
+# The config's own checks raise UserError; library code (backbones, data, losses, methods) ValueError or TypeError.
+USER_ERRORS = (UserError, ValueError, TypeError)
+
+
+def user_error(err: Exception) -> None:
+    """One line and exit status 2; the traceback too with ``HYDRA_FULL_ERROR=1`` (Hydra's switch for the same)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    console.fail(" ".join(str(err).split()) or type(err).__name__)
 
 
 def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
@@ -32,14 +42,14 @@ def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
     if not (args.help or args.hydra_help or args.info or args.shell_completion):
         try:
             precheck(name, command, args.overrides)
-        except UserError as err:
-            console.fail(str(err))
+        except USER_ERRORS as err:
+            user_error(err)
 
     def task(cfg: DictConfig) -> None:
         try:
             command.run(checked(cfg, command))
-        except UserError as err:
-            console.fail(str(err))
+        except USER_ERRORS as err:
+            user_error(err)
         except RunStopped as err:
             console.fail(str(err), err.status, "error" if isinstance(err, Diverged) else "stopped")
         except SIGTERMException:  # Lightning's own stop, at an epoch end (after that epoch's checkpoint)

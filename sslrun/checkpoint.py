@@ -10,8 +10,6 @@ from typing import Any
 
 import torch
 
-from sslrun.errors import UserError
-
 BACKBONE_PREFIX = "backbone."
 
 
@@ -30,19 +28,19 @@ def resolve_path(pretrained: str) -> Path:
     if path.is_dir():
         path = path / "checkpoints" / "last.ckpt"
     if not path.is_file():
-        raise UserError(
+        raise ValueError(
             f"pretrained={pretrained!r}: no checkpoint at {path}; pass a .ckpt file, a pretrain run dir, or none"
         )
     return path
 
 
 def read_checkpoint(path: Path) -> Any:
-    """The checkpoint file's contents on the CPU (plain types and tensors only); UserError when it cannot be read."""
+    """The checkpoint file's contents on the CPU (plain types and tensors only); ValueError when it cannot be read."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as err:
         reason = " ".join(str(err).split())[:160]
-        raise UserError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {reason}") from None
+        raise ValueError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {reason}") from None
 
 
 def load_pretrained(pretrained: str) -> Pretrained:
@@ -51,6 +49,6 @@ def load_pretrained(pretrained: str) -> Pretrained:
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     if "cfg" not in hparams or not any(k.startswith(BACKBONE_PREFIX) for k in state):
-        raise UserError(f"{path} is not an sslrun pretrain checkpoint (no backbone weights or config in it)")
+        raise ValueError(f"{path} is not an sslrun pretrain checkpoint (no backbone weights or config in it)")
     backbone_state = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     return Pretrained(path, hparams["cfg"], int(hparams["in_channels"]), int(hparams["image_size"]), backbone_state)

@@ -80,7 +80,7 @@ class ViewsConfig:
     jitter_strength: float | None = checked(None, NON_NEGATIVE)
     grayscale_p: float | None = checked(None, UNIT)
     blur_p: float | None = checked(None, UNIT)
-    batched: Any = "auto"
+    batched: Any = checked("auto", Rule(lambda v: v in ("auto", True, False), "true, false or auto"))
 
 
 @dataclass
@@ -178,9 +178,15 @@ class EvalConfig:
 
 @dataclass
 class MethodConfig:
-    """Fields every method has; each method module subclasses this with its own hyper-parameters."""
+    """The field every method has; each method module subclasses this with its own hyper-parameters."""
 
     name: str = MISSING
+
+
+@dataclass
+class ProjectorConfig(MethodConfig):
+    """Fields of a method with a projection head (``proj_output_dim``: the embedding the loss sees)."""
+
     proj_hidden_dim: int = checked(512, POSITIVE_INT)
     proj_output_dim: int = checked(128, POSITIVE_INT)
 
@@ -218,12 +224,6 @@ class ExportConfig:
     out: str = "encoder.pt"
     # auto: by the suffix of ``out`` (.safetensors: safetensors, anything else: torch)
     format: str = checked("auto", one_of("auto", "safetensors", "torch"))
-
-
-def no_patches(cfg: BackboneConfig) -> None:
-    """UserError for ``backbone.patch_size`` set on a backbone that has no patches."""
-    if cfg.patch_size != "auto":
-        raise UserError(f"backbone.patch_size is for ViT backbones; backbone={cfg.name} has no patches")
 
 
 def backbone_config(values: dict) -> DictConfig:

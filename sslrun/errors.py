@@ -1,8 +1,13 @@
-"""The exceptions the CLI turns into one line and an exit status, without a traceback."""
+"""The exceptions the CLI turns into one line and an exit status, without a traceback.
+
+Library code (backbones, data, losses, methods) raises ``ValueError`` or ``TypeError`` with its own message; the CLI
+(``sslrun.app``) prints any of them in one line and exits with status 2. ``UserError`` is the CLI's own: a config that
+fails its schema or its pre-flight checks.
+"""
 
 
-class UserError(Exception):
-    """A mistake in the user's input (config, path, data). The CLI prints it in one line and exits with status 2."""
+class UserError(ValueError):
+    """A mistake in the user's input (config, path, data) found by the CLI's checks: one line, exit status 2."""
 
 
 class RunStopped(Exception):

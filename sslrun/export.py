@@ -24,7 +24,6 @@ from sslrun.backbones import BACKBONES
 from sslrun.backbones.resnet import ResNet
 from sslrun.checkpoint import load_pretrained
 from sslrun.config import ExportConfig, backbone_config
-from sslrun.errors import UserError
 from sslrun.outputs import record_config
 
 
@@ -66,7 +65,7 @@ def run(cfg: DictConfig) -> dict[str, str | int]:
     backbone.load_state_dict(ckpt.backbone_state)
     out = Path(cfg.out).expanduser()
     if not out.parent.is_dir():
-        raise UserError(f"out={cfg.out!r}: the folder {out.parent} does not exist")
+        raise ValueError(f"out={cfg.out!r}: the folder {out.parent} does not exist")
     stem = backbone.stem if isinstance(backbone, ResNet) else backbone_cfg.stem
     recipe = load_recipe(backbone_cfg.name, backbone, backbone_cfg.width)
     file_format = resolve_format(cfg.format, out)

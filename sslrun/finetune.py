@@ -22,7 +22,6 @@ from sslrun.checkpoint import load_pretrained
 from sslrun.classifier import Classifier
 from sslrun.config import FinetuneConfig, backbone_config
 from sslrun.data import SSLDataModule
-from sslrun.errors import UserError
 from sslrun.outputs import read_metrics, record_config, run_dir, write_metrics
 from sslrun.trainer import build_trainer
 
@@ -41,7 +40,7 @@ def build_backbone(cfg: DictConfig, data: SSLDataModule) -> tuple[nn.Module, Dic
     ckpt = load_pretrained(str(cfg.pretrained))
     pretrained_on = ckpt.config["data"]["name"]
     if ckpt.in_channels != data.channels:
-        raise UserError(
+        raise ValueError(
             f"{ckpt.path} was pretrained on data={pretrained_on} ({ckpt.in_channels}-channel images) but "
             f"data={cfg.data.name} has {data.channels}; pass data={pretrained_on} or another dataset with "
             f"{ckpt.in_channels} channels"

@@ -32,7 +32,9 @@ def check(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> dict[str, float | int]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     method_cls = METHODS.get(cfg.method.name)
-    data = SSLDataModule(cfg.data, stage="pretrain", views=method_cls.view_specs(cfg.method), seed=cfg.seed)
+    data = SSLDataModule(
+        cfg.data, stage="pretrain", views=method_cls.view_specs(method_cls.typed_config(cfg.method)), seed=cfg.seed
+    )
     cfg.data = data.cfg
     record_config(cfg, "pretrain")
     config = OmegaConf.to_container(cfg, resolve=True)

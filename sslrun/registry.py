@@ -6,8 +6,6 @@ import difflib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from sslrun.errors import UserError
-
 T = TypeVar("T")
 
 
@@ -29,7 +27,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._entries:
-            raise UserError(unknown_name_message(self.kind, name, self.names()))
+            raise ValueError(unknown_name_message(self.kind, name, self.names()))
         return self._entries[name]
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:

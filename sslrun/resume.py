@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 
 from sslrun.callbacks.checkpoints import RUN_KEY
 from sslrun.checkpoint import read_checkpoint
-from sslrun.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +79,13 @@ def last_checkpoint(out_dir: Path) -> Path:
 
 
 def resolve(setting: str, out_dir: Path, command: str, config: dict[str, Any]) -> Resume | None:
-    """The checkpoint this run continues from (None: a fresh start); UserError where the setting cannot be honoured."""
+    """The checkpoint this run continues from (None: a fresh start); ValueError where the setting cannot be honoured."""
     last = last_checkpoint(out_dir)
     if setting == "overwrite":
         return None
     if setting == "never":
         if last.is_file():
-            raise UserError(
+            raise ValueError(
                 f"the run dir {out_dir} already holds a checkpoint ({last}); resume=auto continues it, "
                 "resume=overwrite starts over in it, or pass another hydra.run.dir"
             )
@@ -96,12 +95,12 @@ def resolve(setting: str, out_dir: Path, command: str, config: dict[str, Any]) -
         return None
     info = read_run_info(path)
     if info.get("command") != command:
-        raise UserError(f"{path} was not written by sslrun {command}; pass resume=never with another hydra.run.dir")
+        raise ValueError(f"{path} was not written by sslrun {command}; pass resume=never with another hydra.run.dir")
     differ = differing(info["config"], config)
     if differ:
         shown = ", ".join(f"{key} ({old!r} -> {new!r})" for key, old, new in differ[:6])
         more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
-        raise UserError(
+        raise ValueError(
             f"cannot resume from {path}: it was written with a different config: {shown}{more}; run the same config "
             "to continue it, or start fresh with resume=never and another hydra.run.dir"
         )
@@ -112,7 +111,7 @@ def read_run_info(path: Path) -> dict[str, Any]:
     ckpt = read_checkpoint(path)
     info = ckpt.get(RUN_KEY) if isinstance(ckpt, dict) else None
     if not isinstance(info, dict):
-        raise UserError(f"{path} holds no sslrun run state (written by another tool or an older sslrun); resume=never")
+        raise ValueError(f"{path} holds no sslrun run state (written by another tool or an older sslrun); resume=never")
     return info
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sslrun.errors import UserError
-
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 LAST = "last"
 
@@ -32,7 +30,7 @@ class LayerFeatures(nn.Module):
 
 def check_layer(layer: str) -> None:
     if layer not in (LAST, *LAYERS):
-        raise UserError(f"eval.layer={layer!r} is not one of: {LAST}, {', '.join(LAYERS)}")
+        raise ValueError(f"eval.layer={layer!r} is not one of: {LAST}, {', '.join(LAYERS)}")
 
 
 def at_layer(backbone: nn.Module, layer: str) -> nn.Module:

@@ -15,8 +15,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from sslrun.backbones import BACKBONES
-from sslrun.config import BackboneConfig, no_patches
-from sslrun.errors import UserError
+from sslrun.config import BackboneConfig
 
 CIFAR_STEM_MAX_SIZE = 64
 
@@ -33,8 +32,6 @@ class ResNet(nn.Module):
         cifar_stem: bool = False,
     ) -> None:
         super().__init__()
-        if width <= 0:
-            raise UserError(f"backbone.width must be positive, got {width}")
         planes = [max(1, round(p * width)) for p in (64, 128, 256, 512)]
         self.inplanes = planes[0]
         self.stem = "cifar" if cifar_stem else "imagenet"
@@ -86,14 +83,11 @@ class ResNet(nn.Module):
 def _use_cifar_stem(stem: str, image_size: int) -> bool:
     if stem == "auto":
         return image_size <= CIFAR_STEM_MAX_SIZE
-    if stem not in ("cifar", "imagenet"):
-        raise UserError(f"backbone.stem={stem!r} is not one of: auto, cifar, imagenet")
     return stem == "cifar"
 
 
 def _builder(block: type[BasicBlock] | type[Bottleneck], layers: list[int], doc: str):
     def build(cfg: BackboneConfig, in_channels: int, image_size: int) -> ResNet:
-        no_patches(cfg)
         return ResNet(block, layers, in_channels, cfg.width, _use_cifar_stem(cfg.stem, image_size))
 
     build.__doc__ = doc

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslrun.backbones import BACKBONES
-from sslrun.config import BackboneConfig, no_patches
-from sslrun.errors import UserError
+from sslrun.config import BackboneConfig
 
 
 class ConvNet(nn.Module):
@@ -16,8 +15,6 @@ class ConvNet(nn.Module):
 
     def __init__(self, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
-        if width <= 0:
-            raise UserError(f"backbone.width must be positive, got {width}")
         widths = [max(1, round(c * width)) for c in (32, 64, 128, 256)]
         stages: list[nn.Module] = []
         self._stage_ends: list[int] = []  # index in ``features`` just past each stage's ReLU
@@ -44,5 +41,4 @@ class ConvNet(nn.Module):
 @BACKBONES.register("convnet")
 def build_convnet(cfg: BackboneConfig, in_channels: int, image_size: int) -> ConvNet:
     """Small 4-stage ConvNet (32-256 channels x width)"""
-    no_patches(cfg)
     return ConvNet(in_channels, cfg.width)

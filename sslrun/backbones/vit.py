@@ -16,7 +16,6 @@ from torch import nn
 
 from sslrun.backbones import BACKBONES
 from sslrun.config import BackboneConfig
-from sslrun.errors import UserError
 
 SMALL_IMAGE_PATCH, LARGE_IMAGE_PATCH, LARGE_IMAGE_MIN_SIZE = 4, 16, 96
 
@@ -52,8 +51,6 @@ def resolve_patch_size(value: object, image_size: int) -> int:
     if value == "auto":
         patch = LARGE_IMAGE_PATCH if image_size >= LARGE_IMAGE_MIN_SIZE else SMALL_IMAGE_PATCH
         return min(patch, image_size)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"backbone.patch_size={value!r} must be a positive number of pixels or auto")
     return value
 
 
@@ -64,7 +61,7 @@ class ViT(nn.Module):
         super().__init__()
         if image_size % patch_size:
             divisors = [p for p in range(2, image_size + 1) if image_size % p == 0 and p <= 32]
-            raise UserError(
+            raise ValueError(
                 f"backbone.patch_size={patch_size} does not divide data.image_size={image_size}; "
                 f"use one of: {', '.join(map(str, divisors))} (or change data.image_size)"
             )
@@ -127,10 +124,6 @@ class ViT(nn.Module):
 
 def _builder(base_dim: int, heads: int, depth: int, doc: str):
     def build(cfg: BackboneConfig, in_channels: int, image_size: int) -> ViT:
-        if cfg.width <= 0:
-            raise UserError(f"backbone.width must be positive, got {cfg.width}")
-        if cfg.stem != "auto":
-            raise UserError(f"backbone.stem is for ResNets; backbone={cfg.name} has patches (backbone.patch_size)")
         dim = max(1, round(base_dim * cfg.width / heads)) * heads
         return ViT(image_size, resolve_patch_size(cfg.patch_size, image_size), in_channels, dim, depth, heads)
 

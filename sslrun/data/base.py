@@ -18,9 +18,8 @@ from torchvision.transforms.v2 import functional as TF
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS
 from sslrun.data.batched_views import BatchedSimCLRViews
-from sslrun.data.recipes import parse_batched, parse_image_size, parse_workers, recipe_for, resolve_data
-from sslrun.data.views import TWO_VIEWS, ViewSpec, check_views, eval_transform, finetune_view, multi_views
-from sslrun.errors import UserError
+from sslrun.data.recipes import parse_image_size, resolve_data
+from sslrun.data.views import TWO_VIEWS, ViewSpec, eval_transform, finetune_view, multi_views
 
 STAGES = ("pretrain", "finetune")
 SPLIT_SEED = 0  # held-out splits use a fixed seed, independent of the run seed: every method sees the same split
@@ -74,12 +73,10 @@ class Transformed(Dataset):
 
 def holdout(n: int, val_fraction: float, labels: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, val) indices of ``n`` items with ``data.val_fraction`` held out: seeded, stratified by ``labels``."""
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
     try:
         train, val = train_test_split(np.arange(n), test_size=val_fraction, stratify=labels, random_state=SPLIT_SEED)
     except ValueError as err:  # e.g. a class with a single image cannot be stratified
-        raise UserError(f"cannot hold out data.val_fraction={val_fraction}: {err}") from None
+        raise ValueError(f"cannot hold out data.val_fraction={val_fraction}: {err}") from None
     return torch.from_numpy(train), torch.from_numpy(val)
 
 
@@ -117,8 +114,6 @@ def _spread(dataset: Dataset, limit: int | None) -> Dataset:
 
 def limit_splits(splits: Splits, limit: int | None) -> Splits:
     """Keep ``limit`` evenly spaced items of every split (``data.limit``, for quick runs)."""
-    if limit is not None and limit < 1:
-        raise UserError(f"data.limit={limit} must be a positive number of images (or null for all)")
     pretrain = None if splits.pretrain is None else _spread(splits.pretrain, limit)
     return replace(splits, train=_spread(splits.train, limit), val=_spread(splits.val, limit), pretrain=pretrain)
 
@@ -146,7 +141,7 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tens
 
 def check_label_fraction(cfg: DataConfig, stage: str) -> None:
     if stage == "pretrain" and cfg.label_fraction != 1.0:
-        raise UserError(
+        raise ValueError(
             f"data.label_fraction={cfg.label_fraction} is for sslrun finetune; pretraining uses no labels "
             "(leave it at 1.0)"
         )
@@ -175,23 +170,17 @@ class SSLDataModule(pl.LightningDataModule):
         self.view_specs = tuple(views)
         self._generator: torch.Generator | None = None
         self._seed = seed
-        if cfg.batch_size < 1:
-            raise UserError(f"data.batch_size={cfg.batch_size} must be a positive number of images")
-        parse_workers(cfg.num_workers)
         requested = parse_image_size(cfg.image_size)
-        parse_batched(cfg.views.batched)
-        recipe_for(cfg.views.recipe, requested or 32)
         self.splits = limit_splits(DATASETS.get(cfg.name)(cfg), cfg.limit)
         if stage == "finetune" and self.splits.num_classes == 0:
-            raise UserError(
+            raise ValueError(
                 f"sslrun finetune needs labels, and data.root={cfg.root} has none: give it class folders "
                 "(ROOT/<class>/* or ROOT/train/<class>/* + ROOT/val/<class>/*)"
             )
         size = requested or self.splits.image_size
         if size is None:
-            raise UserError(f"data={cfg.name}: images of differing sizes; set data.image_size=<pixels>")
+            raise ValueError(f"data={cfg.name}: images of differing sizes; set data.image_size=<pixels>")
         self.cfg = resolve_data(cfg, size, self.splits.in_memory)
-        check_views(self.cfg.views)
         low_shot = stage == "finetune" and cfg.label_fraction < 1.0
         if low_shot:
             train = self.splits.train
@@ -200,7 +189,7 @@ class SSLDataModule(pl.LightningDataModule):
         source = self._train_source
         if len(source) < cfg.batch_size:
             at = f" at data.label_fraction={cfg.label_fraction}" if low_shot else ""
-            raise UserError(
+            raise ValueError(
                 f"data.batch_size={cfg.batch_size} is larger than the {len(source)} training images of "
                 f"data={cfg.name}{at}; lower data.batch_size (every training batch is full-sized)"
             )

@@ -29,7 +29,6 @@ from sslrun.config import DataConfig
 from sslrun.data import DATASETS
 from sslrun.data.base import Splits, TensorImages, grayscale_splits
 from sslrun.data.torchvision_sets import FASHION_MNIST_STATS, _mnist
-from sslrun.errors import UserError
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded" / "fashion_mnist"
 SIZE = 28
@@ -43,16 +42,16 @@ def read_idx(path: Path) -> np.ndarray:
         with gzip.open(path, "rb") as file:
             data = file.read()
     except FileNotFoundError:
-        raise UserError(f"data=fashion_mnist: {path} is missing") from None
+        raise ValueError(f"data=fashion_mnist: {path} is missing") from None
     except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; a truncated stream an EOFError
-        raise UserError(f"data=fashion_mnist: {path} is not a readable gzip file ({type(err).__name__})") from None
+        raise ValueError(f"data=fashion_mnist: {path} is not a readable gzip file ({type(err).__name__})") from None
     ndim = data[3] if len(data) >= 4 else 0
     if len(data) < 4 or data[:3] != bytes((0, 0, IDX_UBYTE)) or ndim == 0:
-        raise UserError(f"data=fashion_mnist: {path} is corrupt: not an IDX file of unsigned bytes (bad magic number)")
+        raise ValueError(f"data=fashion_mnist: {path} is corrupt: not an IDX file of unsigned bytes (bad magic number)")
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(data) < header or len(data) - header != math.prod(shape):
-        raise UserError(
+        raise ValueError(
             f"data=fashion_mnist: {path} is corrupt: its header says {shape}, "
             f"but it holds {max(len(data) - header, 0)} bytes of data"
         )
@@ -64,9 +63,9 @@ def read_split(folder: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
     images_path, labels_path = (folder / f"{prefix}-{kind}-ubyte.gz" for kind in ("images-idx3", "labels-idx1"))
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.shape[1:] != (SIZE, SIZE):
-        raise UserError(f"data=fashion_mnist: {images_path} holds {images.shape} values, not N 28x28 images")
+        raise ValueError(f"data=fashion_mnist: {images_path} holds {images.shape} values, not N 28x28 images")
     if labels.shape != images.shape[:1] or (len(labels) and labels.max() >= NUM_CLASSES):
-        raise UserError(
+        raise ValueError(
             f"data=fashion_mnist: {labels_path} does not hold {len(images)} labels 0..9 for {images_path.name}"
         )
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))

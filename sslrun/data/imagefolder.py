@@ -9,7 +9,7 @@ Two passes, each file opened once per pass: a header scan (size and mode only, n
 image is grayscale, 8- or 16-bit; else 3) and sizes the cache; then each file is decoded once — into a uint8
 tensor in RAM (``data.cache``: ``ram``, or ``auto`` when the decoded tree fits in ``data.cache_max_mb``), or, when
 streaming (``none``), only to validate it, and again by the loader's workers at each epoch. An unreadable file is
-skipped and counted in the log, or a UserError with ``data.strict=true``.
+skipped and counted in the log, or a ValueError with ``data.strict=true``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from sslrun.config import DataConfig
 from sslrun.data import DATASETS
 from sslrun.data.base import Splits, TensorImages, holdout, square_image
 from sslrun.data.recipes import parse_image_size
-from sslrun.errors import UserError
 
 log = logging.getLogger(__name__)
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -128,7 +127,7 @@ class Unreadable:
         for i, ((path, _), result) in enumerate(zip(samples, results, strict=True)):
             if isinstance(result, str):
                 if self.strict:
-                    raise UserError(
+                    raise ValueError(
                         f"data=imagefolder: cannot read {path} ({result}); fix or remove it, or pass data.strict=false "
                         f"to skip unreadable images"
                     )
@@ -160,13 +159,13 @@ def _files_under(folder: Path) -> list[str]:
 def _class_split(root: Path, name: str, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
     folder = root / name
     if not folder.is_dir():
-        raise UserError(f"data=imagefolder: no '{name}' folder in {root}; {LAYOUT}")
+        raise ValueError(f"data=imagefolder: no '{name}' folder in {root}; {LAYOUT}")
     unknown = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and entry.name not in class_to_idx)
     if unknown:
         log.warning("ignoring class folders of %s that train lacks: %s", folder, ", ".join(unknown))
     samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     if not samples:
-        raise UserError(f"data=imagefolder: no images in the class folders of {folder}; {LAYOUT}")
+        raise ValueError(f"data=imagefolder: no images in the class folders of {folder}; {LAYOUT}")
     return samples
 
 
@@ -182,7 +181,7 @@ def discover(root: Path, val_fraction: float) -> tuple[list[tuple[str, int]], li
         try:
             classes, class_to_idx = find_classes(str(root / "train"))
         except FileNotFoundError:
-            raise UserError(f"data=imagefolder: no class folders in {root / 'train'}; {LAYOUT}") from None
+            raise ValueError(f"data=imagefolder: no class folders in {root / 'train'}; {LAYOUT}") from None
         train = _class_split(root, "train", class_to_idx)
         return train, _class_split(root, "val", class_to_idx), classes, "train/<class> + val/<class>"
     loose = [e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
@@ -196,7 +195,7 @@ def discover(root: Path, val_fraction: float) -> tuple[list[tuple[str, int]], li
             return *_holdout(samples, val_fraction, stratify=True), classes, "<class> folders, stratified val split"
     files = _files_under(root)
     if not files:
-        raise UserError(f"data=imagefolder: no images under {root}; {LAYOUT}")
+        raise ValueError(f"data=imagefolder: no images under {root}; {LAYOUT}")
     return (
         *_holdout([(path, -1) for path in files], val_fraction, stratify=False),
         [],
@@ -218,12 +217,12 @@ def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def imagefolder(cfg: DataConfig) -> Splits:
     """Your own images: data.root=DIR with train/<class> + val/<class>, <class> folders, or no labels at all"""
     if cfg.root is None:
-        raise UserError(f"data=imagefolder needs data.root=DIR; {LAYOUT}")
+        raise ValueError(f"data=imagefolder needs data.root=DIR; {LAYOUT}")
     if cfg.cache not in CACHE_MODES:
-        raise UserError(f"data.cache={cfg.cache!r} is not one of: {', '.join(CACHE_MODES)}")
+        raise ValueError(f"data.cache={cfg.cache!r} is not one of: {', '.join(CACHE_MODES)}")
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
-        raise UserError(f"data.root={root} is not a directory; {LAYOUT}")
+        raise ValueError(f"data.root={root} is not a directory; {LAYOUT}")
     train, val, classes, layout = discover(root, cfg.val_fraction)
     samples = train + val
     unreadable = Unreadable(root, len(samples), cfg.strict)
@@ -246,7 +245,7 @@ def imagefolder(cfg: DataConfig) -> Splits:
     parts = {part: [i for i in kept if is_train[i] == (part == "train")] for part in ("train", "val")}
     for part, indices in parts.items():
         if not indices:
-            raise UserError(f"data=imagefolder: no readable {part} images under {root}; {LAYOUT}")
+            raise ValueError(f"data=imagefolder: no readable {part} images under {root}; {LAYOUT}")
     log.info(
         "data=imagefolder: %s under %s; %d train + %d val images (%s), %d channel(s), image_size %d%s; %s",
         layout,

@@ -1,7 +1,7 @@
 """Standard benchmarks through torchvision's own dataset classes: ``cifar10``, ``cifar100``, ``stl10``, ``mnist``
 (and ``fashion_mnist`` given a ``data.root``: ``sslrun.data.fashion_mnist``). Files live under ``data.root`` (default
 ``~/.cache/sslrun/<name>``) in torchvision's layout; the decoded arrays torchvision loads are wrapped as uint8 tensors
-without a copy. Missing files that cannot be downloaded end in a UserError naming the files and the directory.
+without a copy. Missing files that cannot be downloaded end in a ValueError naming the files and the directory.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from torchvision import datasets
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS
 from sslrun.data.base import Splits, TensorImages
-from sslrun.errors import UserError
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
@@ -57,12 +56,12 @@ def _missing_message(cls: type, cfg: DataConfig, root: Path, error: Exception) -
 
 
 def _open(cls: type, cfg: DataConfig, **kwargs: object) -> datasets.VisionDataset:
-    """The real torchvision dataset, downloading if ``data.download``; a UserError when its files are unavailable."""
+    """The real torchvision dataset, downloading if ``data.download``; a ValueError when its files are unavailable."""
     root = dataset_root(cfg)
     try:
         return cls(str(root), download=cfg.download, **kwargs)
     except (OSError, RuntimeError) as err:  # URLError and socket errors are OSErrors; md5/absent files RuntimeError
-        raise UserError(_missing_message(cls, cfg, root, err)) from None
+        raise ValueError(_missing_message(cls, cfg, root, err)) from None
 
 
 def _hwc(data: object, labels: object) -> TensorImages:

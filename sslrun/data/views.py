@@ -16,7 +16,6 @@ import torch
 from torchvision.transforms import v2
 
 from sslrun.config import ViewsConfig
-from sslrun.errors import UserError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -80,21 +79,6 @@ def multi_crop(
     ``local_size`` x ``data.image_size`` (96/224 as at ImageNet scale), from smaller crops of the image."""
     local = ViewSpec(size=local_size, scale=tuple(local_scale))
     return (ViewSpec(scale=tuple(global_scale)),) * 2 + (local,) * local_crops
-
-
-def check_views(cfg: ViewsConfig) -> None:
-    """UserError naming every out-of-range value of the recipe."""
-    probabilities = {name: getattr(cfg, name) for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p")}
-    bad = [f"data.views.{name}={value}" for name, value in probabilities.items() if not 0.0 <= value <= 1.0]
-    if not 0.0 < cfg.crop_min_scale <= 1.0:
-        bad.append(f"data.views.crop_min_scale={cfg.crop_min_scale}")
-    if cfg.jitter_strength < 0.0:
-        bad.append(f"data.views.jitter_strength={cfg.jitter_strength}")
-    if bad:
-        raise UserError(
-            f"{', '.join(bad)} out of range: the *_p probabilities lie in [0, 1], crop_min_scale in (0, 1], "
-            "jitter_strength >= 0"
-        )
 
 
 def _to_normalized_float(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:

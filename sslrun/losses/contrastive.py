@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sslrun.errors import UserError
 from sslrun.kernels import triton_unavailable_reason
 from sslrun.losses.chunked import ieee_fp32_matmuls, lse_chunked
 from sslrun.registry import Registry, unknown_name_message
@@ -67,16 +66,16 @@ def lse_triton(q: Tensor, k: Tensor | None, self_cols: Tensor | None, scale: flo
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The backend that ``backend`` runs as for tensors on ``device`` ("auto" resolved); UserError if it cannot run."""
+    """The backend that ``backend`` runs as for tensors on ``device`` ("auto" resolved); ValueError if it cannot run."""
     if backend not in NT_XENT_BACKENDS:
-        raise UserError(unknown_name_message("loss backend", backend, list(NT_XENT_BACKENDS)))
+        raise ValueError(unknown_name_message("loss backend", backend, list(NT_XENT_BACKENDS)))
     device = torch.device(device)
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_unavailable_reason(device) is None else "chunked"
     reason = triton_unavailable_reason(device) if backend == "triton" else None
     if reason is not None:
         others = ", ".join(name for name in NT_XENT_BACKENDS if name != backend)
-        raise UserError(f"loss backend 'triton' cannot run: {reason}; choose one of: {others}")
+        raise ValueError(f"loss backend 'triton' cannot run: {reason}; choose one of: {others}")
     return backend
 
 
@@ -87,7 +86,7 @@ def _normalize(z: Tensor) -> Tensor:
 
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
-        raise UserError(f"contrastive temperature must be > 0, got {temperature}")
+        raise ValueError(f"contrastive temperature must be > 0, got {temperature}")
 
 
 def nt_xent(

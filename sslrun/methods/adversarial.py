@@ -1,6 +1,6 @@
 """Two-player training (GAN, adversarial autoencoder) through Lightning's manual optimisation.
 
-A method mixes in ``TwoPlayer`` before ``SSLMethod`` and names its ``players()``: two modules, each with its own
+A method subclasses ``TwoPlayerMethod`` and names its ``players()``: two modules, each with its own
 optimizer (``optim``'s settings) and warmup-cosine schedule; the first also trains the online probe. Each batch:
 player one minimises ``ssl_step`` (its loss is the method's logged SSL loss), then player two minimises
 ``second_player_loss``; each step runs with the other player's parameters switched off (Lightning's
@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sslrun.methods.base import SSLMethod
 from sslrun.optim import lightning_optimizers, param_groups
 
 
@@ -35,7 +36,10 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
-class TwoPlayer:
+class TwoPlayerMethod(SSLMethod):
+    """An ``SSLMethod`` whose ``build`` makes two players; ``ssl_step`` is player one's loss, ``second_player_loss``
+    player two's."""
+
     optimizer_steps_per_batch = 2  # Lightning counts both in trainer.global_step
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -50,15 +54,20 @@ class TwoPlayer:
 
     def configure_optimizers(self):
         first, second = self.players()
-        groups = (param_groups(first, self.cfg.optim) + self.probe_groups(), param_groups(second, self.cfg.optim))
-        batch = self.cfg.data.batch_size
+        groups = (
+            param_groups(first, self.run_config.optim) + self.probe_groups(),
+            param_groups(second, self.run_config.optim),
+        )
+        batch = self.run_config.data.batch_size
         steps = self.optimizer_steps_per_batch
-        return [lightning_optimizers(self.trainer, g, self.cfg.optim, batch, steps_per_batch=steps) for g in groups]
+        return [
+            lightning_optimizers(self.trainer, g, self.run_config.optim, batch, steps_per_batch=steps) for g in groups
+        ]
 
     def player_step(self, optimizer: Any, loss: torch.Tensor) -> None:
         optimizer.zero_grad()
         self.manual_backward(loss)
-        clip = self.cfg.trainer.gradient_clip_val
+        clip = self.run_config.trainer.gradient_clip_val
         if clip:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         optimizer.step()

@@ -11,49 +11,37 @@ features. Samples: the decoder on prior codes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from sslrun.config import NON_NEGATIVE, POSITIVE, MethodConfig, checked
-from sslrun.data.views import ViewSpec, single_view
+from sslrun.data.views import single_view
 from sslrun.losses import discriminator_bce, generator_non_saturating, reconstruction_mse
 from sslrun.methods import METHODS
-from sslrun.methods.adversarial import TwoPlayer
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.adversarial import TwoPlayerMethod
+from sslrun.methods.base import Inputs
 from sslrun.methods.decoders import ConvDecoder, fixed_codes, prior_codes
 
 
-@dataclass
-class AdversarialAutoencoderConfig(MethodConfig):
-    latent_dim: int = checked(32, POSITIVE)
-    adv_weight: float = checked(0.1, NON_NEGATIVE)
-    disc_hidden_dim: int = checked(512, POSITIVE)
-    decoder_width: int = checked(128, POSITIVE)
-
-
 @METHODS.register("adversarial_autoencoder")
-class AdversarialAutoencoder(TwoPlayer, SSLMethod):
+class AdversarialAutoencoder(TwoPlayerMethod):
     """adversarial autoencoder: codes matched to a Gaussian prior by a discriminator"""
 
-    Config = AdversarialAutoencoderConfig
+    views = single_view()
 
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        self.to_code = nn.Linear(self.backbone.feature_dim, m.latent_dim)
-        self.decoder = ConvDecoder(m.latent_dim, in_channels, image_size, m.decoder_width)
-        h = m.disc_hidden_dim
+    def build(self, config: AdversarialAutoencoder.Config, inputs: Inputs) -> None:
+        self.to_code = nn.Linear(self.backbone.feature_dim, config.latent_dim)
+        self.decoder = ConvDecoder(config.latent_dim, inputs.shape[0], inputs.shape[-1], config.decoder_width)
+        h = config.disc_hidden_dim
         self.discriminator = nn.Sequential(
-            nn.Linear(m.latent_dim, h), nn.ReLU(inplace=True), nn.Linear(h, h), nn.ReLU(inplace=True), nn.Linear(h, 1)
+            nn.Linear(config.latent_dim, h),
+            nn.ReLU(inplace=True),
+            nn.Linear(h, h),
+            nn.ReLU(inplace=True),
+            nn.Linear(h, 1),
         )
-
-    @classmethod
-    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
-        return single_view()
 
     def players(self) -> tuple[nn.Module, nn.Module]:
         return nn.ModuleList([self.backbone, self.to_code, self.decoder]), self.discriminator
@@ -67,7 +55,7 @@ class AdversarialAutoencoder(TwoPlayer, SSLMethod):
         reconstruction = reconstruction_mse(self.decoder(code), images)
         self.log("reconstruction", reconstruction.detach(), on_step=True, on_epoch=False)
         fool = generator_non_saturating(self.discriminator(code).squeeze(1))
-        return reconstruction + self.cfg.method.adv_weight * fool, feats
+        return reconstruction + self.config.adv_weight * fool, feats
 
     def second_player_loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         """The discriminator's loss: prior codes real, the encoder's codes of this batch (from ``ssl_step``) fake."""
@@ -77,5 +65,12 @@ class AdversarialAutoencoder(TwoPlayer, SSLMethod):
 
     def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         reconstruction = self.decoder(self.to_code(self.backbone(images)))
-        prior = fixed_codes(2 * len(images), self.cfg.method.latent_dim, self.device)
+        prior = fixed_codes(2 * len(images), self.config.latent_dim, self.device)
         return {"reconstruction": torch.cat([images, reconstruction]), "samples": self.decoder(prior)}
+
+    @dataclass
+    class Config(MethodConfig):
+        latent_dim: int = checked(32, POSITIVE)
+        adv_weight: float = checked(0.1, NON_NEGATIVE)
+        disc_hidden_dim: int = checked(512, POSITIVE)
+        decoder_width: int = checked(128, POSITIVE)

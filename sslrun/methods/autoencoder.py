@@ -9,50 +9,34 @@ also used masking noise, Gaussian is the common modern choice. One view, crop (5
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 
 from sslrun.config import NON_NEGATIVE, POSITIVE, MethodConfig, checked
-from sslrun.data.views import ViewSpec, single_view
-from sslrun.errors import UserError
+from sslrun.data.views import single_view
 from sslrun.losses import reconstruction_mse
 from sslrun.methods import METHODS
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.base import Inputs, SSLMethod
 from sslrun.methods.decoders import ConvDecoder
-
-
-@dataclass
-class AutoencoderConfig(MethodConfig):
-    noise: float = checked(0.0, NON_NEGATIVE)
-    decoder_width: int = checked(128, POSITIVE)
 
 
 @METHODS.register("autoencoder")
 class Autoencoder(SSLMethod):
     """autoencoder; method.noise > 0: denoising autoencoder"""
 
-    Config = AutoencoderConfig
+    views = single_view()
 
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        if m.noise < 0:
-            raise UserError(f"method.noise={m.noise} must be >= 0 (0: plain autoencoder)")
-        self.decoder = ConvDecoder(self.backbone.feature_dim, in_channels, image_size, m.decoder_width)
-
-    @classmethod
-    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
-        return single_view()
+    def build(self, config: Autoencoder.Config, inputs: Inputs) -> None:
+        channels, size = inputs.shape[0], inputs.shape[-1]
+        self.decoder = ConvDecoder(self.backbone.feature_dim, channels, size, config.decoder_width)
 
     def corrupt(self, images: torch.Tensor) -> torch.Tensor:
-        if self.cfg.method.noise == 0:
+        if self.config.noise == 0:
             return images
         shape = images.shape[1:]
         noise = self.draw(len(images), lambda m, g: torch.randn((m, *shape), generator=g, device=images.device))
-        return images + self.cfg.method.noise * noise.to(images.dtype)
+        return images + self.config.noise * noise.to(images.dtype)
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images = views[0]
@@ -61,5 +45,10 @@ class Autoencoder(SSLMethod):
 
     def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         corrupted = self.corrupt(images)
-        rows = [images, corrupted] if self.cfg.method.noise else [images]
+        rows = [images, corrupted] if self.config.noise else [images]
         return {"reconstruction": torch.cat([*rows, self.decoder(self.backbone(corrupted))])}
+
+    @dataclass
+    class Config(MethodConfig):
+        noise: float = checked(0.0, NON_NEGATIVE)
+        decoder_width: int = checked(128, POSITIVE)

@@ -14,34 +14,32 @@ from dataclasses import dataclass
 
 import torch
 
-from sslrun.config import NON_NEGATIVE, POSITIVE, MethodConfig, checked
+from sslrun.config import NON_NEGATIVE, POSITIVE, ProjectorConfig, checked
 from sslrun.losses import barlow_twins
 from sslrun.methods import METHODS
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.base import Inputs, SSLMethod
 from sslrun.methods.heads import mlp
-
-
-@dataclass
-class BarlowTwinsConfig(MethodConfig):
-    proj_output_dim: int = checked(512, POSITIVE)
-    lambd: float = checked(5e-3, NON_NEGATIVE)
-    loss_scale: float = checked(0.1, NON_NEGATIVE)
+from sslrun.methods.parts import backbone_views, gather
 
 
 @METHODS.register("barlow_twins")
 class BarlowTwins(SSLMethod):
     """Barlow Twins: cross-correlation of the two views to the identity"""
 
-    Config = BarlowTwinsConfig
-
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        self.projector = mlp(self.backbone.feature_dim, m.proj_hidden_dim, m.proj_output_dim, layers=3, last_bias=False)
+    def build(self, config: BarlowTwins.Config, inputs: Inputs) -> None:
+        self.projector = mlp(
+            self.backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim, layers=3, last_bias=False
+        )
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         n = views[0].shape[0]
-        feats = self.backbone_views(views[:2])
+        feats = backbone_views(self.backbone, views[:2])
         z1, z2 = self.projector(feats).split(n)
-        m = self.cfg.method
-        return m.loss_scale * barlow_twins(self.gather(z1), self.gather(z2), m.lambd), feats[:n]
+        m = self.config
+        return m.loss_scale * barlow_twins(gather(z1), gather(z2), m.lambd), feats[:n]
+
+    @dataclass
+    class Config(ProjectorConfig):
+        proj_output_dim: int = checked(512, POSITIVE)
+        lambd: float = checked(5e-3, NON_NEGATIVE)
+        loss_scale: float = checked(0.1, NON_NEGATIVE)

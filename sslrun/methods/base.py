@@ -1,15 +1,43 @@
-"""Plumbing shared by every SSL method: backbone, online probe, channels_last, optimizer and schedule, gathering,
-EMA teacher updates and step counts.
+"""The method contract: what an SSL method implements, what it may call, and the plumbing every method shares.
 
-A method subclasses ``SSLMethod``, sets ``Config`` to its schema, declares the views it needs (``view_specs``) and
-implements ``ssl_step`` over them; a method with EMA teachers lists its (student, teacher) pairs in
-``momentum_pairs`` and has ``momentum_base`` / ``momentum_final`` in its config.
+A method is one class registered in ``METHODS`` (``@METHODS.register("name")``) with one YAML,
+``configs/method/<name>.yaml``. It implements:
+
+- ``build(self, config, inputs)``: create the method's modules. ``config`` is an instance of the method's ``Config``;
+  ``inputs`` (``Inputs``) says what one example of a view looks like and how many classes the labels have;
+  ``self.backbone`` (with ``feature_dim``) already exists.
+- ``ssl_step(self, views)``: one batch per view the method declared -> (SSL loss, backbone features (B, D) of the
+  first view, which the online probe reads detached).
+- ``Config``: a dataclass nested in the class (by convention at its end), subclassing ``MethodConfig`` with the
+  method's own keys, typed and with ``checked`` rules. A method with a projector adds ``ProjectorConfig``'s keys, one
+  with EMA teachers ``MomentumConfig``'s, a multi-crop one ``MultiCropConfig``'s.
+
+It may declare:
+
+- ``views``: the views the data module makes (default two SimCLR-style views), or ``view_specs(cls, config)`` where
+  they depend on the config;
+- ``teachers``: the modules that get an EMA teacher. For each name, once ``build`` has run, the plumbing adds
+  ``teacher_<name>``, a frozen copy that follows ``self.<name>`` after every optimizer step with a momentum going from
+  ``config.momentum_base`` to ``config.momentum_final`` on a cosine over the run;
+- ``backbones``: the backbone names it can train (None: any);
+- ``image_grids``: pictures for the report; and any Lightning hook (``on_fit_start``, ``on_after_backward``, ...).
+
+Two-player methods (GAN, adversarial autoencoder) subclass ``TwoPlayerMethod`` (``sslrun.methods.adversarial``).
+
+A method may call ``self.config``, ``self.backbone``, ``self.draw`` (per-sample randomness independent of the world
+size), ``self.rank``, ``self.world_size``, ``self.epochs_to_steps``, ``self.total_steps``, ``self.log``, and the free
+functions of ``sslrun.methods.parts`` (``gather``, ``backbone_views``) and ``sslrun.methods.momentum``
+(``teacher_embeddings``). It never reads the rest of the run's config: optimizer, schedule, precision, the probe and
+checkpoints are the plumbing's (``self.run_config``). Nothing in the contract names a modality: a view is any batch
+tensor, ``inputs.shape`` one example's shape (images: (channels, height, width)).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,58 +49,79 @@ from sslrun.backbones import BACKBONES
 from sslrun.callbacks.online_probe import OnlineLinearProbe
 from sslrun.config import MethodConfig
 from sslrun.data.views import TWO_VIEWS, ViewSpec
-from sslrun.errors import UserError
-from sslrun.methods.momentum import cosine_momentum, ema_update
+from sslrun.methods import parts
+from sslrun.methods.momentum import cosine_momentum, ema_update, frozen_copy
 from sslrun.optim import lightning_optimizers, param_groups
+
+TEACHER = "teacher_"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a method is built for: ``shape``, one example of a full-size view without the batch dimension (images:
+    (channels, height, width)), and ``num_classes`` of the labels (0: none; the probe is off)."""
+
+    shape: tuple[int, ...]
+    num_classes: int
 
 
 class SSLMethod(pl.LightningModule):
     Config: type[MethodConfig] = MethodConfig
     backbones: tuple[str, ...] | None = None  # the backbones the method can train (None: any)
+    teachers: tuple[str, ...] = ()  # modules given an EMA teacher, ``teacher_<name>``, once ``build`` has run
+    views: Sequence[ViewSpec] = TWO_VIEWS  # what ``view_specs`` returns unless a method's views depend on its config
     optimizer_steps_per_batch = 1  # optimizers stepped per batch (two-player methods: 2)
 
     def __init__(self, cfg: dict[str, Any], in_channels: int, image_size: int, num_classes: int) -> None:
-        """``cfg`` is the whole resolved pretrain config as plain containers (stored in the checkpoint)."""
+        """Plumbing, not for methods to override: ``cfg`` is the whole resolved run config as plain containers (it is
+        stored in the checkpoint, with the data's channels and image size, to rebuild the model for export)."""
         super().__init__()
         self.save_hyperparameters()
-        self.cfg: DictConfig = OmegaConf.create(cfg)
-        self.check_backbone(self.cfg.method.name, self.cfg.backbone.name)
-        self.backbone = BACKBONES.build(self.cfg.backbone.name, self.cfg.backbone, in_channels, image_size)
+        self.run_config: DictConfig = OmegaConf.create(cfg)
+        self.config = self.typed_config(self.run_config.method)
+        self.check_backbone(self.run_config.method.name, self.run_config.backbone.name)
+        self.backbone = BACKBONES.build(
+            self.run_config.backbone.name, self.run_config.backbone, in_channels, image_size
+        )
         # No labels (an unlabelled image folder): no probe; the kNN monitor reports label-free signals instead.
         self.probe = OnlineLinearProbe(self.backbone.feature_dim, num_classes) if num_classes > 0 else None
-        self.channels_last = bool(self.cfg.trainer.channels_last)
+        self.channels_last = bool(self.run_config.trainer.channels_last)
         self._momentum_step = -1
+        self.build(self.config, Inputs((in_channels, image_size, image_size), num_classes))
+        for name in self.teachers:
+            self.add_module(TEACHER + name, frozen_copy(getattr(self, name)))
+
+    @classmethod
+    def typed_config(cls, method: DictConfig | dict) -> Any:
+        """The method's keys as an instance of ``cls.Config``. Keys the schema no longer has are dropped: a checkpoint
+        written before they were removed (e.g. the projector keys of methods without a projector) still loads; new
+        runs are checked against the schema before this (``sslrun.config.validate``)."""
+        known = {f.name for f in dataclasses.fields(cls.Config)}
+        values = {k: v for k, v in OmegaConf.to_container(OmegaConf.create(method), resolve=True).items() if k in known}
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Config), values))
+
+    def build(self, config: Any, inputs: Inputs) -> None:
+        """Create the method's modules (``self.backbone`` exists)."""
+        raise NotImplementedError
 
     @classmethod
     def check_backbone(cls, method: str, backbone: str) -> None:
-        """UserError when the method cannot train ``backbone`` (``backbones``)."""
+        """ValueError when the method cannot train ``backbone`` (``backbones``)."""
         if cls.backbones is not None and backbone not in cls.backbones:
-            raise UserError(
+            raise ValueError(
                 f"method={method} needs one of backbone={', '.join(cls.backbones)}, not backbone={backbone}"
             )
 
     @classmethod
-    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
-        """The views this method trains on, in the order ``ssl_step`` receives them (default: two SimCLR views)."""
-        return TWO_VIEWS
+    def view_specs(cls, config: Any) -> Sequence[ViewSpec]:
+        """The views this method trains on, in the order ``ssl_step`` receives them (default: ``views``, two SimCLR
+        views unless the method sets its own)."""
+        return cls.views
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One (B, C, s, s) batch per view spec -> (SSL loss, backbone features (B, D) of ``views[0]`` for the
-        online probe, which detaches them)."""
+        """One batch per view spec -> (SSL loss, backbone features (B, D) of ``views[0]`` for the online probe, which
+        detaches them)."""
         raise NotImplementedError
-
-    def backbone_views(self, views: list[torch.Tensor], backbone: nn.Module | None = None) -> torch.Tensor:
-        """Features (sum of B_v, D) of every view in order, one backbone pass per run of same-size views (multi-crop
-        has two sizes); ``backbone`` defaults to the student's."""
-        backbone = self.backbone if backbone is None else backbone
-        out, start = [], 0
-        while start < len(views):
-            end = start + 1
-            while end < len(views) and views[end].shape[1:] == views[start].shape[1:]:
-                end += 1
-            out.append(backbone(torch.cat(views[start:end])))
-            start = end
-        return torch.cat(out)
 
     def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pictures of (B, C, H, W) normalised validation images, by name: rows of images (e.g. inputs over their
@@ -80,18 +129,12 @@ class SSLMethod(pl.LightningModule):
         return {}
 
     def draw(self, n: int, sample: Callable[[int, torch.Generator], Any]) -> Any:
-        """Per-sample randomness (noise, masks, permutations, latent codes) for this rank's ``n`` rows: ``sample(m,
-        generator)`` draws m rows (a tensor or a tuple of tensors) for the whole global batch from a generator seeded
-        by (seed, optimizer step), alike on every rank, and each rank keeps its block, so a run draws the same
-        whatever its world size. Two calls in one step draw the same numbers: draw everything a step needs at once."""
-        generator = torch.Generator(self.device).manual_seed(int(self.cfg.seed) * 1_000_003 + self.global_step)
-        rows = sample(n * self.world_size, generator)
-        block = slice(self.rank * n, (self.rank + 1) * n)
-        return tuple(r[block] for r in rows) if isinstance(rows, tuple) else rows[block]
+        """``parts.draw`` seeded by the run's seed and this optimizer step: the same rows whatever the world size."""
+        return parts.draw(n, sample, int(self.run_config.seed), self.global_step, self.device)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(student, teacher) module pairs updated by EMA after every optimizer step; none by default."""
-        return []
+        """(student, teacher) module pairs updated by EMA after every optimizer step: one per name in ``teachers``."""
+        return [(getattr(self, name), getattr(self, TEACHER + name)) for name in self.teachers]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
@@ -129,14 +172,6 @@ class SSLMethod(pl.LightningModule):
     def rank(self) -> int:
         return 0 if self._trainer is None else self.trainer.global_rank
 
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, ...) per rank -> (world_size * n, ...) in rank order, gradients flowing back to every rank (the
-        backward sums the ranks' gradients, which DDP's gradient mean then divides back: a loss computed alike on
-        every rank from gathered tensors gets exactly the single-process gradient)."""
-        if self.world_size == 1:
-            return x
-        return self.all_gather(x, sync_grads=True).flatten(0, 1)
-
     def total_steps(self) -> int:
         """Optimizer steps in the whole run (``max_steps``, epochs and gradient accumulation counted)."""
         return 1 if self._trainer is None else max(1, int(self.trainer.estimated_stepping_batches))
@@ -159,7 +194,7 @@ class SSLMethod(pl.LightningModule):
         if not pairs or step == self._momentum_step:
             return
         self._momentum_step = step
-        m = self.cfg.method
+        m = self.config
         momentum = cosine_momentum(step - 1, self.total_steps(), m.momentum_base, m.momentum_final)
         for student, teacher in pairs:
             ema_update(student, teacher, momentum)
@@ -170,11 +205,11 @@ class SSLMethod(pl.LightningModule):
         if self.probe is None:
             return []
         params = list(self.probe.parameters())
-        return [{"params": params, "lr": self.cfg.eval.probe_lr, "weight_decay": 0.0, "lars_exclude": True}]
+        return [{"params": params, "lr": self.run_config.eval.probe_lr, "weight_decay": 0.0, "lars_exclude": True}]
 
     def configure_optimizers(self):
         # Teachers have requires_grad=False, so param_groups leaves them out of the optimizer. Parameters held by the
         # method itself (MAE's mask token) count as well as those of its submodules.
         ssl_params = [p for name, p in self.named_parameters() if not name.startswith("probe.")]
-        groups = param_groups(ssl_params, self.cfg.optim) + self.probe_groups()
-        return lightning_optimizers(self.trainer, groups, self.cfg.optim, self.cfg.data.batch_size)
+        groups = param_groups(ssl_params, self.run_config.optim) + self.probe_groups()
+        return lightning_optimizers(self.trainer, groups, self.run_config.optim, self.run_config.data.batch_size)

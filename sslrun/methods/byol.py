@@ -17,44 +17,38 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sslrun.config import POSITIVE, UNIT, checked
+from sslrun.config import POSITIVE, UNIT, ProjectorConfig, checked
 from sslrun.data.views import ViewSpec
 from sslrun.losses import byol
 from sslrun.methods import METHODS
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.base import Inputs, SSLMethod
 from sslrun.methods.heads import projection_mlp
-from sslrun.methods.momentum import MomentumConfig, ProjectorTeacher
+from sslrun.methods.momentum import MomentumConfig, teacher_embeddings
+from sslrun.methods.parts import backbone_views
 
 BYOL_VIEWS = (ViewSpec(blur_p=1.0, solarize_p=0.0), ViewSpec(blur_p=0.1, solarize_p=0.2))
 
 
-@dataclass
-class BYOLConfig(MomentumConfig):
-    pred_hidden_dim: int = checked(512, POSITIVE)
-    momentum_base: float = checked(0.9, UNIT)
-
-
 @METHODS.register("byol")
-class BYOL(ProjectorTeacher, SSLMethod):
+class BYOL(SSLMethod):
     """BYOL: predict the EMA target's projection of the other view"""
 
-    Config = BYOLConfig
+    views = BYOL_VIEWS
+    teachers = ("backbone", "projector")
 
-    @classmethod
-    def view_specs(cls, method_cfg):
-        return BYOL_VIEWS
-
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        self.projector = projection_mlp(self.backbone.feature_dim, m.proj_hidden_dim, m.proj_output_dim)
-        self.predictor = projection_mlp(m.proj_output_dim, m.pred_hidden_dim, m.proj_output_dim)
-        self.build_teacher()
+    def build(self, config: BYOL.Config, inputs: Inputs) -> None:
+        self.projector = projection_mlp(self.backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim)
+        self.predictor = projection_mlp(config.proj_output_dim, config.pred_hidden_dim, config.proj_output_dim)
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         n = views[0].shape[0]
-        feats = self.backbone_views(views[:2])
+        feats = backbone_views(self.backbone, views[:2])
         p1, p2 = self.predictor(self.projector(feats)).split(n)
-        z1, z2 = self.teacher_projections(views[:2]).split(n)
+        z1, z2 = teacher_embeddings(self.teacher_backbone, self.teacher_projector, views[:2]).split(n)
         self.log("z_std", F.normalize(z1.float(), dim=1).std(dim=0).mean(), on_step=True, on_epoch=False)
         return byol(p1, z2) + byol(p2, z1), feats[:n]
+
+    @dataclass
+    class Config(MomentumConfig, ProjectorConfig):
+        pred_hidden_dim: int = checked(512, POSITIVE)
+        momentum_base: float = checked(0.9, UNIT)

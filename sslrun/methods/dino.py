@@ -21,50 +21,38 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from sslrun.config import NON_NEGATIVE, POSITIVE, UNIT, checked
+from sslrun.config import NON_NEGATIVE, POSITIVE, UNIT, ProjectorConfig, checked
 from sslrun.losses import dino
 from sslrun.methods import METHODS
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.base import Inputs, SSLMethod
 from sslrun.methods.heads import DINOHead
-from sslrun.methods.momentum import MomentumConfig, frozen_copy
-from sslrun.methods.multicrop import MultiCrop, MultiCropConfig
-
-
-@dataclass
-class DINOConfig(MomentumConfig, MultiCropConfig):
-    out_dim: int = checked(1024, POSITIVE)
-    head_bn: bool = True
-    momentum_base: float = checked(0.9, UNIT)
-    student_temperature: float = checked(0.1, POSITIVE)
-    teacher_temperature: float = checked(0.04, POSITIVE)
-    center_momentum: float = checked(0.9, UNIT)
-    freeze_last_layer_epochs: float = checked(1.0, NON_NEGATIVE)
+from sslrun.methods.momentum import MomentumConfig, teacher_embeddings
+from sslrun.methods.multicrop import MultiCropConfig, multi_crop_views
+from sslrun.methods.parts import backbone_views
 
 
 @METHODS.register("dino")
-class DINO(MultiCrop, SSLMethod):
+class DINO(SSLMethod):
     """DINO: self-distillation to an EMA teacher with centring and sharpening"""
 
-    Config = DINOConfig
+    teachers = ("backbone", "head")
 
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        self.head = DINOHead(self.backbone.feature_dim, m.proj_hidden_dim, m.proj_output_dim, m.out_dim, m.head_bn)
-        self.teacher_backbone = frozen_copy(self.backbone)
-        self.teacher_head = frozen_copy(self.head)
-        self.register_buffer("center", torch.zeros(1, m.out_dim))
+    def build(self, config: DINO.Config, inputs: Inputs) -> None:
+        self.head = DINOHead(
+            self.backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim, config.out_dim, config.head_bn
+        )
+        self.register_buffer("center", torch.zeros(1, config.out_dim))
 
-    def momentum_pairs(self):
-        return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
+    @classmethod
+    def view_specs(cls, config: DINO.Config):
+        return multi_crop_views(config)
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.cfg.method
+        m = self.config
         n = views[0].shape[0]
-        feats = self.backbone_views(views)
+        feats = backbone_views(self.backbone, views)
         student = self.head(feats).float().split(n)
-        with torch.no_grad():
-            teacher = self.teacher_head(self.backbone_views(views[:2], self.teacher_backbone)).float()
+        teacher = teacher_embeddings(self.teacher_backbone, self.teacher_head, views[:2]).float()
         loss = dino(list(student), list(teacher.split(n)), self.center, m.student_temperature, m.teacher_temperature)
         self.update_center(teacher)
         return loss, feats[:n]
@@ -76,9 +64,19 @@ class DINO(MultiCrop, SSLMethod):
         rows = len(teacher) * self.world_size
         if self.world_size > 1 and dist.is_initialized():
             dist.all_reduce(total)
-        m = self.cfg.method.center_momentum
+        m = self.config.center_momentum
         self.center.mul_(m).add_(total / rows, alpha=1 - m)
 
     def on_after_backward(self) -> None:
-        if self.trainer.global_step < self.epochs_to_steps(self.cfg.method.freeze_last_layer_epochs):
+        if self.trainer.global_step < self.epochs_to_steps(self.config.freeze_last_layer_epochs):
             self.head.last_layer.weight.grad = None
+
+    @dataclass
+    class Config(MomentumConfig, MultiCropConfig, ProjectorConfig):
+        out_dim: int = checked(1024, POSITIVE)
+        head_bn: bool = True
+        momentum_base: float = checked(0.9, UNIT)
+        student_temperature: float = checked(0.1, POSITIVE)
+        teacher_temperature: float = checked(0.04, POSITIVE)
+        center_momentum: float = checked(0.9, UNIT)
+        freeze_last_layer_epochs: float = checked(1.0, NON_NEGATIVE)

@@ -14,46 +14,34 @@ normalises by real-image statistics. Optimiser: Adam at DCGAN's lr 2e-4, betas (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from sslrun.config import POSITIVE, MethodConfig, checked
-from sslrun.data.views import ViewSpec, single_view
+from sslrun.data.views import single_view
 from sslrun.losses import discriminator_bce, generator_non_saturating
 from sslrun.methods import METHODS
-from sslrun.methods.adversarial import TwoPlayer, frozen_batchnorm_stats
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.adversarial import TwoPlayerMethod, frozen_batchnorm_stats
+from sslrun.methods.base import Inputs
 from sslrun.methods.decoders import ConvDecoder, fixed_codes, prior_codes
-
-
-@dataclass
-class GANConfig(MethodConfig):
-    latent_dim: int = checked(100, POSITIVE)
-    generator_width: int = checked(128, POSITIVE)
+from sslrun.methods.parts import gather
 
 
 @METHODS.register("gan")
-class GAN(TwoPlayer, SSLMethod):
+class GAN(TwoPlayerMethod):
     """DCGAN; the discriminator's trunk is the encoder"""
 
-    Config = GANConfig
+    views = single_view()
 
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        self.generator = ConvDecoder(m.latent_dim, in_channels, image_size, m.generator_width)
+    def build(self, config: GAN.Config, inputs: Inputs) -> None:
+        channels = inputs.shape[0]
+        self.generator = ConvDecoder(config.latent_dim, channels, inputs.shape[-1], config.generator_width)
         self.real_fake = nn.Linear(self.backbone.feature_dim, 1)
         # Per-channel (min, max) of real normalised pixels, measured on the first batch (all ranks): the generator's
         # tanh output is mapped onto it, as DCGAN's tanh matches images scaled to [-1, 1].
-        self.register_buffer("pixel_range", torch.full((2, in_channels), float("nan")))
-
-    @classmethod
-    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
-        return single_view()
+        self.register_buffer("pixel_range", torch.full((2, channels), float("nan")))
 
     def players(self) -> tuple[nn.Module, nn.Module]:
         return nn.ModuleList([self.backbone, self.real_fake]), self.generator
@@ -64,13 +52,13 @@ class GAN(TwoPlayer, SSLMethod):
         return low + (high - low) * (torch.tanh(self.generator(z)) + 1) / 2
 
     def fakes(self, n: int) -> torch.Tensor:
-        return self.generate(prior_codes(self, n, self.cfg.method.latent_dim))
+        return self.generate(prior_codes(self, n, self.config.latent_dim))
 
     def measure_range(self, real: torch.Tensor) -> None:
         if not torch.isnan(self.pixel_range).any():
             return
         flat = real.detach().float().transpose(0, 1).flatten(1)  # (C, B * H * W)
-        low, high = self.gather(flat.amin(1)[None]).amin(0), self.gather(flat.amax(1)[None]).amax(0)
+        low, high = gather(flat.amin(1)[None]).amin(0), gather(flat.amax(1)[None]).amax(0)
         self.pixel_range.copy_(torch.stack([low, high]))
 
     def discriminate(self, images: torch.Tensor) -> torch.Tensor:
@@ -89,4 +77,9 @@ class GAN(TwoPlayer, SSLMethod):
         return generator_non_saturating(self.discriminate(self.fakes(len(views[0]))))
 
     def image_grids(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"samples": self.generate(fixed_codes(4 * len(images), self.cfg.method.latent_dim, self.device))}
+        return {"samples": self.generate(fixed_codes(4 * len(images), self.config.latent_dim, self.device))}
+
+    @dataclass
+    class Config(MethodConfig):
+        latent_dim: int = checked(100, POSITIVE)
+        generator_width: int = checked(128, POSITIVE)

@@ -17,23 +17,21 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
-from sslrun.config import HALF_OPEN_UNIT, POSITIVE, MethodConfig, checked
-from sslrun.data.views import ViewSpec, single_view
-from sslrun.errors import UserError
+from sslrun.config import HALF_OPEN_UNIT, POSITIVE, POSITIVE_INT, MethodConfig, Rule, checked, or_auto
+from sslrun.data.views import single_view
 from sslrun.methods import METHODS
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.base import Inputs, SSLMethod
 from sslrun.methods.heads import mlp
 
 log = logging.getLogger(__name__)
 MIN_TILE, GRID_3_MIN_SIZE, MAX_ENUMERATED_TILES, SAMPLED_CANDIDATES = 3, 24, 9, 200_000
+AT_LEAST_TWO = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2, "an integer >= 2")
 
 
 def hamming_permutations(tiles: int, count: int, seed: int = 0) -> torch.Tensor:
@@ -47,7 +45,7 @@ def hamming_permutations(tiles: int, count: int, seed: int = 0) -> torch.Tensor:
     else:
         candidates = torch.rand(SAMPLED_CANDIDATES, tiles, generator=g).argsort(dim=1).to(torch.int8)
     if not 1 <= count <= len(candidates):
-        raise UserError(f"method.num_permutations={count} must be between 1 and {len(candidates)} for {tiles} tiles")
+        raise ValueError(f"method.num_permutations={count} must be between 1 and {len(candidates)} for {tiles} tiles")
     chosen = [0]
     nearest = (candidates != candidates[0]).sum(dim=1)
     for _ in range(count - 1):
@@ -58,11 +56,10 @@ def hamming_permutations(tiles: int, count: int, seed: int = 0) -> torch.Tensor:
 
 
 def resolve_grid(value: Any, image_size: int) -> int:
+    """Tiles per side: ``value`` (an integer >= 2, checked by the schema), or auto: 3 from 24 px, else 2."""
     grid = (3 if image_size >= GRID_3_MIN_SIZE else 2) if value == "auto" else value
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
-        raise UserError(f"method.grid={value!r} must be an integer >= 2 or auto")
     if image_size // grid < MIN_TILE:
-        raise UserError(
+        raise ValueError(
             f"method.grid={grid} cuts {image_size}-px images into cells under {MIN_TILE} px; lower method.grid"
         )
     return grid
@@ -83,29 +80,19 @@ def cut_tiles(images: torch.Tensor, grid: int, tile: int, offsets: torch.Tensor)
     return images.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 1, 4, 2, 3)
 
 
-@dataclass
-class JigsawConfig(MethodConfig):
-    grid: Any = "auto"
-    num_permutations: int = checked(100, POSITIVE)
-    tile_fraction: float = checked(0.85, HALF_OPEN_UNIT)
-
-
 @METHODS.register("jigsaw")
 class Jigsaw(SSLMethod):
     """jigsaw puzzles: classify the permutation of shuffled tiles"""
 
-    Config = JigsawConfig
+    views = single_view()
 
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        self.grid = resolve_grid(m.grid, image_size)
-        if not 0.0 < m.tile_fraction <= 1.0:
-            raise UserError(f"method.tile_fraction={m.tile_fraction} must be in (0, 1]")
+    def build(self, config: Jigsaw.Config, inputs: Inputs) -> None:
+        image_size = inputs.shape[-1]
+        self.grid = resolve_grid(config.grid, image_size)
         self.cell = image_size // self.grid
-        self.tile = max(1, int(m.tile_fraction * self.cell))
+        self.tile = max(1, int(config.tile_fraction * self.cell))
         tiles = self.grid**2
-        count = min(m.num_permutations, math.factorial(tiles))
+        count = min(config.num_permutations, math.factorial(tiles))
         self.register_buffer("permutations", hamming_permutations(tiles, count))
         log.info(
             "jigsaw: %d x %d grid of %d-px cells, %d-px tiles, %d permutations",
@@ -115,11 +102,7 @@ class Jigsaw(SSLMethod):
             self.tile,
             count,
         )
-        self.classifier = mlp(tiles * self.backbone.feature_dim, m.proj_hidden_dim, count, layers=2)
-
-    @classmethod
-    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
-        return single_view()
+        self.classifier = mlp(tiles * self.backbone.feature_dim, config.proj_hidden_dim, count, layers=2)
 
     def puzzles(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, S, S) -> shuffled tiles (B, grid^2, C, tile, tile) and the (B,) permutation indices."""
@@ -147,3 +130,10 @@ class Jigsaw(SSLMethod):
         with torch.no_grad():  # the online probe watches the whole image, as evaluation sees it
             feats = self.backbone(images)
         return F.cross_entropy(logits.float(), labels), feats
+
+    @dataclass
+    class Config(MethodConfig):
+        proj_hidden_dim: int = checked(512, POSITIVE_INT)  # hidden width of the permutation classifier
+        grid: Any = checked("auto", or_auto(AT_LEAST_TWO))
+        num_permutations: int = checked(100, POSITIVE)
+        tile_fraction: float = checked(0.85, HALF_OPEN_UNIT)

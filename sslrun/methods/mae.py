@@ -11,59 +11,41 @@ separable until fine-tuned): report ``sslrun finetune mode=full`` beside it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from sslrun.backbones.vit import position_embeddings, transformer_block
 from sslrun.config import OPEN_UNIT, POSITIVE, MethodConfig, checked
-from sslrun.data.views import ViewSpec, single_view
-from sslrun.errors import UserError
+from sslrun.data.views import single_view
 from sslrun.losses import masked_patches, patchify, unpatchify
 from sslrun.methods import METHODS
-from sslrun.methods.base import SSLMethod
-
-
-@dataclass
-class MAEConfig(MethodConfig):
-    mask_ratio: float = checked(0.75, OPEN_UNIT)
-    decoder_dim: int = checked(128, POSITIVE)
-    decoder_depth: int = checked(2, POSITIVE)
-    decoder_heads: int = checked(4, POSITIVE)
-    norm_pix_loss: bool = True
+from sslrun.methods.base import Inputs, SSLMethod
 
 
 @METHODS.register("mae")
 class MAE(SSLMethod):
     """masked autoencoder (ViT backbones)"""
 
-    Config = MAEConfig
+    views = single_view(scale=(0.2, 1.0))
     backbones = ("vit_tiny", "vit_small")
 
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        if not 0.0 < m.mask_ratio < 1.0:
-            raise UserError(f"method.mask_ratio={m.mask_ratio} must be between 0 and 1 (exclusive)")
-        self.channels = in_channels
+    def build(self, config: MAE.Config, inputs: Inputs) -> None:
+        self.channels = inputs.shape[0]
         self.patch = self.backbone.patch_size
         self.patches = self.backbone.grid**2
-        self.visible = max(1, round(self.patches * (1 - m.mask_ratio)))
-        d = m.decoder_dim
+        self.visible = max(1, round(self.patches * (1 - config.mask_ratio)))
+        d = config.decoder_dim
         self.decoder_embed = nn.Linear(self.backbone.feature_dim, d)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         nn.init.normal_(self.mask_token, std=0.02)
         self.register_buffer("decoder_pos", position_embeddings(d, self.backbone.grid), persistent=False)
-        self.decoder_blocks = nn.ModuleList(transformer_block(d, m.decoder_heads) for _ in range(m.decoder_depth))
+        self.decoder_blocks = nn.ModuleList(
+            transformer_block(d, config.decoder_heads) for _ in range(config.decoder_depth)
+        )
         self.decoder_norm = nn.LayerNorm(d)
-        self.decoder_pred = nn.Linear(d, self.patch * self.patch * in_channels)
-
-    @classmethod
-    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
-        return single_view(scale=(0.2, 1.0))
+        self.decoder_pred = nn.Linear(d, self.patch * self.patch * self.channels)
 
     def random_masking(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N) patch order (a random permutation per image; the first ``visible`` are kept) and (B, N) mask, 1
@@ -93,7 +75,7 @@ class MAE(SSLMethod):
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images = views[0]
         prediction, mask = self.predict(images)
-        loss = masked_patches(prediction, patchify(images, self.patch), mask, self.cfg.method.norm_pix_loss)
+        loss = masked_patches(prediction, patchify(images, self.patch), mask, self.config.norm_pix_loss)
         with torch.no_grad():  # the online probe watches whole images, as evaluation sees them
             feats = self.backbone(images)
         return loss, feats
@@ -103,9 +85,17 @@ class MAE(SSLMethod):
         (with ``norm_pix_loss`` the predictions are mapped back with each true patch's mean and std, as MAE's demo)."""
         prediction, mask = self.predict(images)
         target = patchify(images, self.patch).float()
-        if self.cfg.method.norm_pix_loss:
+        if self.config.norm_pix_loss:
             prediction = prediction.float() * (target.var(-1, keepdim=True) + 1e-6).sqrt() + target.mean(-1, True)
         m = mask[:, :, None]
         masked = unpatchify(target * (1 - m), self.patch, self.channels)
         pasted = unpatchify(prediction.float() * m + target * (1 - m), self.patch, self.channels)
         return {"reconstruction": torch.cat([images.float(), masked, pasted])}
+
+    @dataclass
+    class Config(MethodConfig):
+        mask_ratio: float = checked(0.75, OPEN_UNIT)
+        decoder_dim: int = checked(128, POSITIVE)
+        decoder_depth: int = checked(2, POSITIVE)
+        decoder_heads: int = checked(4, POSITIVE)
+        norm_pix_loss: bool = True

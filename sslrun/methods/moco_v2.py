@@ -15,43 +15,40 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sslrun.config import POSITIVE, UNIT, checked
+from sslrun.config import POSITIVE, UNIT, ProjectorConfig, checked
 from sslrun.losses import moco
 from sslrun.methods import METHODS
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.base import Inputs, SSLMethod
 from sslrun.methods.heads import projection_mlp
-from sslrun.methods.momentum import MomentumConfig, ProjectorTeacher
+from sslrun.methods.momentum import MomentumConfig, teacher_embeddings
+from sslrun.methods.parts import backbone_views, gather
 from sslrun.methods.queue import FeatureQueue
 
 
-@dataclass
-class MoCoV2Config(MomentumConfig):
-    temperature: float = checked(0.2, POSITIVE)
-    queue_size: int = checked(4096, POSITIVE)
-    momentum_base: float = checked(0.99, UNIT)
-    momentum_final: float = checked(0.999, UNIT)
-
-
 @METHODS.register("moco_v2")
-class MoCoV2(ProjectorTeacher, SSLMethod):
+class MoCoV2(SSLMethod):
     """MoCo v2: InfoNCE against a queue of momentum-encoder keys"""
 
-    Config = MoCoV2Config
+    teachers = ("backbone", "projector")
 
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        self.projector = projection_mlp(self.backbone.feature_dim, m.proj_hidden_dim, m.proj_output_dim)
-        self.build_teacher()
-        self.queue = FeatureQueue(m.queue_size, m.proj_output_dim)
+    def build(self, config: MoCoV2.Config, inputs: Inputs) -> None:
+        self.projector = projection_mlp(self.backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim)
+        self.queue = FeatureQueue(config.queue_size, config.proj_output_dim)
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         n = views[0].shape[0]
-        feats = self.backbone_views(views[:2])
+        feats = backbone_views(self.backbone, views[:2])
         q1, q2 = self.projector(feats).split(n)
-        k1, k2 = self.teacher_projections(views[:2]).float().split(n)
-        t = self.cfg.method.temperature
+        k1, k2 = teacher_embeddings(self.teacher_backbone, self.teacher_projector, views[:2]).float().split(n)
+        t = self.config.temperature
         queue = self.queue.features.clone()
         loss = (moco(q1, k2, queue, t) + moco(q2, k1, queue, t)) / 2
-        self.queue.push(F.normalize(torch.cat([self.gather(k1), self.gather(k2)]), dim=1))
+        self.queue.push(F.normalize(torch.cat([gather(k1), gather(k2)]), dim=1))
         return loss, feats[:n]
+
+    @dataclass
+    class Config(MomentumConfig, ProjectorConfig):
+        temperature: float = checked(0.2, POSITIVE)
+        queue_size: int = checked(4096, POSITIVE)
+        momentum_base: float = checked(0.99, UNIT)
+        momentum_final: float = checked(0.999, UNIT)

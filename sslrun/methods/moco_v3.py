@@ -13,41 +13,38 @@ from dataclasses import dataclass
 
 import torch
 
-from sslrun.config import POSITIVE, checked
+from sslrun.config import POSITIVE, ProjectorConfig, checked
 from sslrun.losses import info_nce
 from sslrun.methods import METHODS
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.base import Inputs, SSLMethod
 from sslrun.methods.heads import mlp
-from sslrun.methods.momentum import MomentumConfig, ProjectorTeacher
-
-
-@dataclass
-class MoCoV3Config(MomentumConfig):
-    temperature: float = checked(0.2, POSITIVE)
-    pred_hidden_dim: int = checked(512, POSITIVE)
+from sslrun.methods.momentum import MomentumConfig, teacher_embeddings
+from sslrun.methods.parts import backbone_views, gather
 
 
 @METHODS.register("moco_v3")
-class MoCoV3(ProjectorTeacher, SSLMethod):
+class MoCoV3(SSLMethod):
     """MoCo v3: symmetric InfoNCE against momentum keys of the global batch"""
 
-    Config = MoCoV3Config
+    teachers = ("backbone", "projector")
 
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        dim = m.proj_output_dim
-        self.projector = mlp(self.backbone.feature_dim, m.proj_hidden_dim, dim, layers=3, last_bn=True)
-        self.predictor = mlp(dim, m.pred_hidden_dim, dim, layers=2)
-        self.build_teacher()
+    def build(self, config: MoCoV3.Config, inputs: Inputs) -> None:
+        dim = config.proj_output_dim
+        self.projector = mlp(self.backbone.feature_dim, config.proj_hidden_dim, dim, layers=3, last_bn=True)
+        self.predictor = mlp(dim, config.pred_hidden_dim, dim, layers=2)
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         n = views[0].shape[0]
-        feats = self.backbone_views(views[:2])
+        feats = backbone_views(self.backbone, views[:2])
         q1, q2 = self.predictor(self.projector(feats)).split(n)
-        k1, k2 = self.teacher_projections(views[:2]).split(n)
-        k1, k2 = self.gather(k1.float()), self.gather(k2.float())
-        t = self.cfg.method.temperature
+        k1, k2 = teacher_embeddings(self.teacher_backbone, self.teacher_projector, views[:2]).split(n)
+        k1, k2 = gather(k1.float()), gather(k2.float())
+        t = self.config.temperature
         offset = self.rank * n
         loss = (info_nce(q1, k2, t, "naive", offset) + info_nce(q2, k1, t, "naive", offset)) * 2 * t
         return loss, feats[:n]
+
+    @dataclass
+    class Config(MomentumConfig, ProjectorConfig):
+        temperature: float = checked(0.2, POSITIVE)
+        pred_hidden_dim: int = checked(512, POSITIVE)

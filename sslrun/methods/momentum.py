@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sslrun.config import UNIT, MethodConfig, checked
+from sslrun.methods.parts import backbone_views
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -46,17 +47,7 @@ class MomentumConfig(MethodConfig):
     momentum_final: float = checked(1.0, UNIT)
 
 
-class ProjectorTeacher:
-    """Mixin for methods whose EMA teacher is a copy of the student's backbone and projector (MoCo v2/v3, BYOL):
-    ``build_teacher`` after the projector exists, ``teacher_projections`` for the teacher's view embeddings."""
-
-    def build_teacher(self) -> None:
-        self.teacher_backbone = frozen_copy(self.backbone)
-        self.teacher_projector = frozen_copy(self.projector)
-
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.teacher_backbone), (self.projector, self.teacher_projector)]
-
-    @torch.no_grad()
-    def teacher_projections(self, views: list[torch.Tensor]) -> torch.Tensor:
-        return self.teacher_projector(self.backbone_views(views, self.teacher_backbone))
+@torch.no_grad()
+def teacher_embeddings(backbone: nn.Module, head: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """A teacher's head over its backbone's features of ``views`` (one pass per same-shaped run), without gradients."""
+    return head(backbone_views(backbone, views))

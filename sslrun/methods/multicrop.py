@@ -1,5 +1,5 @@
-"""Multi-crop (Caron et al. 2020, SwAV section 3.2; used by DINO): two global views and ``local_crops`` smaller ones,
-declared by a method that mixes ``MultiCrop`` into its class and ``MultiCropConfig`` into its config."""
+"""Multi-crop (Caron et al. 2020, SwAV section 3.2; used by DINO): two global views and ``local_crops`` smaller ones.
+A method adds ``MultiCropConfig``'s keys to its config and returns ``multi_crop_views(config)`` from ``view_specs``."""
 
 from __future__ import annotations
 
@@ -16,10 +16,6 @@ class MultiCropConfig(MethodConfig):
     local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.25])
 
 
-class MultiCrop:
-    """``view_specs``: 2 global views (``global_crop_scale``) + ``local_crops`` local ones (``local_crop_scale``)."""
-
-    @classmethod
-    def view_specs(cls, method_cfg) -> tuple[ViewSpec, ...]:
-        m = method_cfg
-        return multi_crop(m.local_crops, tuple(m.global_crop_scale), tuple(m.local_crop_scale))
+def multi_crop_views(config: MultiCropConfig) -> tuple[ViewSpec, ...]:
+    """2 global views (``global_crop_scale``) + ``local_crops`` local ones (``local_crop_scale``)."""
+    return multi_crop(config.local_crops, tuple(config.global_crop_scale), tuple(config.local_crop_scale))

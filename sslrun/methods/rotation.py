@@ -7,17 +7,15 @@ One view, crop and flip only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
-from sslrun.config import MethodConfig
-from sslrun.data.views import ViewSpec, single_view
+from sslrun.config import POSITIVE_INT, MethodConfig, checked
+from sslrun.data.views import single_view
 from sslrun.methods import METHODS
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.base import Inputs, SSLMethod
 from sslrun.methods.heads import mlp
 
 ROTATIONS = 4
@@ -31,24 +29,14 @@ def rotate_all(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rotated, labels
 
 
-@dataclass
-class RotationConfig(MethodConfig):
-    pass
-
-
 @METHODS.register("rotation")
 class Rotation(SSLMethod):
     """RotNet: classify the rotation (0/90/180/270) of every image"""
 
-    Config = RotationConfig
+    views = single_view()
 
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        self.classifier = mlp(self.backbone.feature_dim, self.cfg.method.proj_hidden_dim, ROTATIONS, layers=2)
-
-    @classmethod
-    def view_specs(cls, method_cfg: DictConfig) -> Sequence[ViewSpec]:
-        return single_view()
+    def build(self, config: Rotation.Config, inputs: Inputs) -> None:
+        self.classifier = mlp(self.backbone.feature_dim, self.config.proj_hidden_dim, ROTATIONS, layers=2)
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images = views[0]
@@ -59,3 +47,7 @@ class Rotation(SSLMethod):
         logits = self.classifier(feats)
         self.log("rotation_acc", (logits.argmax(1) == labels).float().mean(), on_step=True, on_epoch=False)
         return F.cross_entropy(logits.float(), labels), feats[: len(images)]
+
+    @dataclass
+    class Config(MethodConfig):
+        proj_hidden_dim: int = checked(512, POSITIVE_INT)  # hidden width of the rotation classifier

@@ -14,37 +14,33 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sslrun.config import POSITIVE, MethodConfig, checked
+from sslrun.config import POSITIVE, ProjectorConfig, checked
 from sslrun.losses import negative_cosine
 from sslrun.methods import METHODS
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.base import Inputs, SSLMethod
 from sslrun.methods.heads import mlp
-
-
-@dataclass
-class SimSiamConfig(MethodConfig):
-    proj_output_dim: int = checked(512, POSITIVE)
-    pred_hidden_dim: int = checked(128, POSITIVE)
+from sslrun.methods.parts import backbone_views
 
 
 @METHODS.register("simsiam")
 class SimSiam(SSLMethod):
     """SimSiam: predictor + stop-gradient, no negatives"""
 
-    Config = SimSiamConfig
-
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        dim = m.proj_output_dim
-        self.projector = mlp(self.backbone.feature_dim, m.proj_hidden_dim, dim, layers=3, last_bn=True)
-        self.predictor = mlp(dim, m.pred_hidden_dim, dim, layers=2)
+    def build(self, config: SimSiam.Config, inputs: Inputs) -> None:
+        dim = config.proj_output_dim
+        self.projector = mlp(self.backbone.feature_dim, config.proj_hidden_dim, dim, layers=3, last_bn=True)
+        self.predictor = mlp(dim, config.pred_hidden_dim, dim, layers=2)
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         n = views[0].shape[0]
-        feats = self.backbone_views(views[:2])
+        feats = backbone_views(self.backbone, views[:2])
         z = self.projector(feats)
         p1, p2 = self.predictor(z).split(n)
         z1, z2 = z.split(n)
         self.log("z_std", F.normalize(z1.detach().float(), dim=1).std(dim=0).mean(), on_step=True, on_epoch=False)
         return (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2, feats[:n]
+
+    @dataclass
+    class Config(ProjectorConfig):
+        proj_output_dim: int = checked(512, POSITIVE)
+        pred_hidden_dim: int = checked(128, POSITIVE)

@@ -20,47 +20,47 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sslrun.config import NON_NEGATIVE, POSITIVE, checked
+from sslrun.config import NON_NEGATIVE, POSITIVE, ProjectorConfig, checked
 from sslrun.losses import sinkhorn, swav
 from sslrun.methods import METHODS
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.base import Inputs, SSLMethod
 from sslrun.methods.heads import Prototypes, projection_mlp
-from sslrun.methods.multicrop import MultiCrop, MultiCropConfig
-
-
-@dataclass
-class SwAVConfig(MultiCropConfig):
-    num_prototypes: int = checked(100, POSITIVE)
-    temperature: float = checked(0.1, POSITIVE)
-    epsilon: float = checked(0.05, POSITIVE)
-    sinkhorn_iterations: int = checked(3, POSITIVE)
-    local_crops: int = checked(0, NON_NEGATIVE)
-    global_crop_scale: list[float] = field(default_factory=lambda: [0.14, 1.0])
-    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
-    freeze_prototypes_epochs: float = checked(1.0, NON_NEGATIVE)
+from sslrun.methods.multicrop import MultiCropConfig, multi_crop_views
+from sslrun.methods.parts import backbone_views
 
 
 @METHODS.register("swav")
-class SwAV(MultiCrop, SSLMethod):
+class SwAV(SSLMethod):
     """SwAV: swapped prediction of Sinkhorn cluster codes, multi-crop"""
 
-    Config = SwAVConfig
+    @classmethod
+    def view_specs(cls, config: SwAV.Config):
+        return multi_crop_views(config)
 
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        self.projector = projection_mlp(self.backbone.feature_dim, m.proj_hidden_dim, m.proj_output_dim)
-        self.prototypes = Prototypes(m.proj_output_dim, m.num_prototypes)
+    def build(self, config: SwAV.Config, inputs: Inputs) -> None:
+        self.projector = projection_mlp(self.backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim)
+        self.prototypes = Prototypes(config.proj_output_dim, config.num_prototypes)
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.cfg.method
+        m = self.config
         n = views[0].shape[0]
         self.prototypes.normalize_()
-        feats = self.backbone_views(views)
+        feats = backbone_views(self.backbone, views)
         scores = self.prototypes(self.projector(feats).float()).split(n)
         codes = [sinkhorn(s.detach(), m.epsilon, m.sinkhorn_iterations, self.world_size > 1) for s in scores[:2]]
         return swav(list(scores), codes, m.temperature), feats[:n]
 
     def on_after_backward(self) -> None:
-        if self.trainer.global_step < self.epochs_to_steps(self.cfg.method.freeze_prototypes_epochs):
+        if self.trainer.global_step < self.epochs_to_steps(self.config.freeze_prototypes_epochs):
             self.prototypes.weight.grad = None
+
+    @dataclass
+    class Config(MultiCropConfig, ProjectorConfig):
+        num_prototypes: int = checked(100, POSITIVE)
+        temperature: float = checked(0.1, POSITIVE)
+        epsilon: float = checked(0.05, POSITIVE)
+        sinkhorn_iterations: int = checked(3, POSITIVE)
+        local_crops: int = checked(0, NON_NEGATIVE)
+        global_crop_scale: list[float] = field(default_factory=lambda: [0.14, 1.0])
+        local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
+        freeze_prototypes_epochs: float = checked(1.0, NON_NEGATIVE)

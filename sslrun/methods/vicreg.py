@@ -13,36 +13,32 @@ from dataclasses import dataclass
 
 import torch
 
-from sslrun.config import NON_NEGATIVE, POSITIVE, MethodConfig, checked
+from sslrun.config import NON_NEGATIVE, POSITIVE, ProjectorConfig, checked
 from sslrun.losses import vicreg
 from sslrun.methods import METHODS
-from sslrun.methods.base import SSLMethod
+from sslrun.methods.base import Inputs, SSLMethod
 from sslrun.methods.heads import mlp
-
-
-@dataclass
-class VICRegConfig(MethodConfig):
-    proj_output_dim: int = checked(512, POSITIVE)
-    sim_weight: float = checked(25.0, NON_NEGATIVE)
-    var_weight: float = checked(25.0, NON_NEGATIVE)
-    cov_weight: float = checked(1.0, NON_NEGATIVE)
+from sslrun.methods.parts import backbone_views, gather
 
 
 @METHODS.register("vicreg")
 class VICReg(SSLMethod):
     """VICReg: variance-invariance-covariance regularisation"""
 
-    Config = VICRegConfig
-
-    def __init__(self, cfg, in_channels: int, image_size: int, num_classes: int) -> None:
-        super().__init__(cfg, in_channels, image_size, num_classes)
-        m = self.cfg.method
-        self.projector = mlp(self.backbone.feature_dim, m.proj_hidden_dim, m.proj_output_dim, layers=3)
+    def build(self, config: VICReg.Config, inputs: Inputs) -> None:
+        self.projector = mlp(self.backbone.feature_dim, config.proj_hidden_dim, config.proj_output_dim, layers=3)
 
     def ssl_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         n = views[0].shape[0]
-        feats = self.backbone_views(views[:2])
+        feats = backbone_views(self.backbone, views[:2])
         z1, z2 = self.projector(feats).split(n)
-        m = self.cfg.method
-        loss = vicreg(self.gather(z1), self.gather(z2), m.sim_weight, m.var_weight, m.cov_weight)
+        m = self.config
+        loss = vicreg(gather(z1), gather(z2), m.sim_weight, m.var_weight, m.cov_weight)
         return loss, feats[:n]
+
+    @dataclass
+    class Config(ProjectorConfig):
+        proj_output_dim: int = checked(512, POSITIVE)
+        sim_weight: float = checked(25.0, NON_NEGATIVE)
+        var_weight: float = checked(25.0, NON_NEGATIVE)
+        cov_weight: float = checked(1.0, NON_NEGATIVE)

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from sslrun.config import OptimConfig
-from sslrun.errors import UserError
 from sslrun.optim.lars import LARS
 from sslrun.registry import Registry
 
@@ -65,7 +64,7 @@ def lr_scaling(cfg: OptimConfig) -> str:
     if isinstance(value, bool):
         value = "linear" if value else "none"
     if value not in LR_SCALINGS:
-        raise UserError(f"optim.scale_lr={cfg.scale_lr!r} is not one of: {', '.join(LR_SCALINGS)} (or true/false)")
+        raise ValueError(f"optim.scale_lr={cfg.scale_lr!r} is not one of: {', '.join(LR_SCALINGS)} (or true/false)")
     return value
 
 
@@ -93,7 +92,7 @@ def warmup_steps(warmup_epochs: object, steps_per_epoch: int, total_steps: int) 
     if warmup_epochs == "auto":
         return min(AUTO_WARMUP_EPOCHS * steps_per_epoch, int(AUTO_WARMUP_FRACTION * total_steps))
     if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int | float) or warmup_epochs < 0:
-        raise UserError(f"optim.warmup_epochs={warmup_epochs!r} must be a non-negative number of epochs or auto")
+        raise ValueError(f"optim.warmup_epochs={warmup_epochs!r} must be a non-negative number of epochs or auto")
     steps = int(warmup_epochs * steps_per_epoch)
     if steps >= total_steps:
         log.warning(

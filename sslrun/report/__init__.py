@@ -11,7 +11,6 @@ from pathlib import Path
 from rich.markup import escape
 
 from sslrun import console
-from sslrun.errors import UserError
 from sslrun.report import table
 
 MAX_IMAGE_RUNS = 8
@@ -61,7 +60,7 @@ def image_plots(runs: list[table.Run], out: Path, max_points: int) -> list[Path]
         console.console.print(f"image plots: {escape(run.short)} (embeddings, t-SNE, retrieval)", highlight=False)
         try:
             embedded = features.embed(run.path, max_points)
-        except UserError as err:
+        except ValueError as err:
             warn(f"no image plots for {run.short}: {err}")
             continue
         name = slug(run.short, taken)
@@ -85,7 +84,7 @@ def main(argv: list[str]) -> None:
         console.fail(f"--max-points={args.max_points} must be a positive number of points")
     try:
         collected = table.collect([Path(d) for d in args.dirs])
-    except UserError as err:
+    except ValueError as err:
         console.fail(escape(str(err)))
     if collected.skipped:
         shown = ", ".join(str(p) for p in collected.skipped[:3]) + (" ..." if len(collected.skipped) > 3 else "")

@@ -21,7 +21,6 @@ from sslrun.checkpoint import load_pretrained
 from sslrun.config import DataConfig, backbone_config
 from sslrun.data import SSLDataModule
 from sslrun.data.base import square_image
-from sslrun.errors import UserError
 
 BANK = 10_000  # training images searched for neighbours at most (evenly spaced)
 QUERIES = 8
@@ -50,7 +49,7 @@ class Retrieved:
 
 
 def load(run_dir: Path) -> tuple[nn.Module, SSLDataModule]:
-    """The run's backbone (as ``sslrun finetune`` builds it) and its data; UserError when either cannot be had."""
+    """The run's backbone (as ``sslrun finetune`` builds it) and its data; ValueError when either cannot be had."""
     ckpt = load_pretrained(str(run_dir))
     backbone_cfg = backbone_config(ckpt.config["backbone"])
     backbone = BACKBONES.build(backbone_cfg.name, backbone_cfg, ckpt.in_channels, ckpt.image_size)
@@ -58,7 +57,7 @@ def load(run_dir: Path) -> tuple[nn.Module, SSLDataModule]:
     try:
         data_cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), ckpt.config["data"])
     except OmegaConfBaseException as err:
-        raise UserError(f"the data config in {ckpt.path} does not fit this sslrun: {err.msg}") from None
+        raise ValueError(f"the data config in {ckpt.path} does not fit this sslrun: {err.msg}") from None
     data_cfg.num_workers = 0
     # stage pretrain: unlabelled data is allowed (labels -1); the eval loaders are the same in both stages
     return backbone, SSLDataModule(data_cfg, stage="pretrain")

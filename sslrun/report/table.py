@@ -15,8 +15,6 @@ from omegaconf import OmegaConf
 from rich.markup import escape
 from rich.table import Table
 
-from sslrun.errors import UserError
-
 HEADLINE = ("knn_top1", "linear_top1", "top1", "top5", "rankme", "train_loss", "img_per_s")  # terminal, many runs
 MISSING = object()  # a config key a run does not have (e.g. method.* in a finetune run)
 
@@ -52,14 +50,16 @@ def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if not path.exists():
-            raise UserError(f"{path} does not exist: pass a run dir or a sweep dir written by sslrun pretrain/finetune")
+            raise ValueError(
+                f"{path} does not exist: pass a run dir or a sweep dir written by sslrun pretrain/finetune"
+            )
         if path.is_file():
             if path.name != "metrics.json":
-                raise UserError(f"{path} is a file: pass a run dir or a sweep dir written by sslrun pretrain/finetune")
+                raise ValueError(f"{path} is a file: pass a run dir or a sweep dir written by sslrun pretrain/finetune")
             path = path.parent
         here = sorted((m.parent for m in path.rglob("metrics.json") if m.is_file()), key=_natural)
         if not here:
-            raise UserError(
+            raise ValueError(
                 f"no metrics.json under {path}: pass a run dir or a sweep dir written by sslrun pretrain/finetune"
             )
         seen = {d.resolve() for d in found}
@@ -130,7 +130,7 @@ def collect(paths: Sequence[Path]) -> Collected:
         else:
             runs.append(Run(run_dir, config=read_config(run_dir), metrics=metrics))
     if not runs:
-        raise UserError(f"no readable metrics.json under {', '.join(map(str, paths))} ({len(skipped)} unreadable)")
+        raise ValueError(f"no readable metrics.json under {', '.join(map(str, paths))} ({len(skipped)} unreadable)")
     common = Path(os.path.commonpath([run.path.resolve() for run in runs]))
     for run in runs:
         relative = os.path.relpath(run.path.resolve(), common)

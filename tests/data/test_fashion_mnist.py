@@ -19,7 +19,6 @@ from omegaconf import OmegaConf
 from sslrun.config import DataConfig
 from sslrun.data import SSLDataModule, fashion_mnist
 from sslrun.data.torchvision_sets import FASHION_MNIST_STATS
-from sslrun.errors import UserError
 
 CONFIG = Path(__file__).resolve().parents[2] / "sslrun" / "configs" / "data" / "fashion_mnist.yaml"
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -79,7 +78,7 @@ def test_embedded_default_is_a_fixed_stratified_8000_2000_split(offline):
 def test_val_fraction_sets_the_embedded_split():
     splits = SSLDataModule(data_cfg(val_fraction=0.25), "pretrain").splits
     assert len(splits.train) == 7500 and len(splits.val) == 2500
-    with pytest.raises(UserError, match="val_fraction"):
+    with pytest.raises(ValueError, match="val_fraction"):
         SSLDataModule(data_cfg(val_fraction=0.0), "pretrain")
 
 
@@ -120,7 +119,7 @@ def test_corrupt_idx_file_is_a_user_error_naming_it(tmp_path, corruption):
     write_flat(tmp_path)
     broken = tmp_path / "t10k-images-idx3-ubyte.gz"
     broken.write_bytes(CORRUPTIONS[corruption](gzip.decompress(broken.read_bytes())))
-    with pytest.raises(UserError) as err:
+    with pytest.raises(ValueError) as err:
         SSLDataModule(data_cfg(root=str(tmp_path)), "pretrain")
     assert str(broken) in str(err.value) and "\n" not in str(err.value)
 
@@ -128,13 +127,13 @@ def test_corrupt_idx_file_is_a_user_error_naming_it(tmp_path, corruption):
 def test_mismatched_labels_and_missing_files_are_user_errors(tmp_path, monkeypatch):
     write_flat(tmp_path, sizes=(("train", 12), ("t10k", 5)))
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(4, np.uint8))))
-    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz does not hold 5 labels"):
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz does not hold 5 labels"):
         SSLDataModule(data_cfg(root=str(tmp_path)), "pretrain")
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz is missing"):
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz is missing"):
         SSLDataModule(data_cfg(root=str(tmp_path)), "pretrain")
     monkeypatch.setattr(fashion_mnist, "EMBEDDED", tmp_path / "elsewhere")
-    with pytest.raises(UserError, match="elsewhere/t10k-images-idx3-ubyte.gz is missing"):
+    with pytest.raises(ValueError, match="elsewhere/t10k-images-idx3-ubyte.gz is missing"):
         SSLDataModule(data_cfg(), "pretrain")
 
 

@@ -1,7 +1,7 @@
 """``imagefolder``: mixed PIL modes become 3-channel uint8 and grayscale trees 1-channel, unreadable files are skipped
 with a count (or fail with strict), trees are decoded once into RAM when they fit, ``auto`` sizes and view recipes
 resolve from the images, three layouts (train/val, class folders, unlabelled), and every layout mistake is a
-UserError that says what is missing."""
+ValueError that says what is missing."""
 
 import logging
 from pathlib import Path
@@ -17,7 +17,6 @@ from sslrun.data import DATASETS, SSLDataModule
 from sslrun.data import imagefolder as imagefolder_module
 from sslrun.data.base import TensorImages, square_image
 from sslrun.data.imagefolder import auto_size
-from sslrun.errors import UserError
 
 
 def cfg(root, **overrides) -> DataConfig:
@@ -187,7 +186,7 @@ def test_layout_mistakes_say_what_is_missing(tmp_path, layout, expected):
         (root / "val").rmdir()
     if layout == "only_unreadable":
         (root / "val" / "a" / "bad.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(UserError) as err:
+    with pytest.raises(ValueError) as err:
         DATASETS.get("imagefolder")(cfg(None if layout == "no_root" else root))
     message = str(err.value)
     assert expected in message and "ROOT/train/<class>" in message and "\n" not in message

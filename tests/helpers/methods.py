@@ -35,7 +35,7 @@ def fixed_views(model, n: int = 32, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 1, SIZE, SIZE, generator=g)
     views = []
-    for spec in type(model).view_specs(model.cfg.method):
+    for spec in type(model).view_specs(model.config):
         size = spec.resolve(recipe_views(), SIZE).size
         view = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         views.append(view + 0.5 * torch.randn(view.shape, generator=g))

@@ -15,7 +15,6 @@ from helpers.contrastive_reference import (
     ref_info_nce,
     ref_nt_xent,
 )
-from sslrun.errors import UserError
 from sslrun.kernels import triton_import_error
 from sslrun.losses import NT_XENT_BACKENDS, info_nce, nt_xent, resolve_backend
 
@@ -141,9 +140,9 @@ def test_half_precision_inputs(backend, dtype):
 
 def test_unknown_backend_names_the_choices():
     z = torch.randn(4, 3)
-    with pytest.raises(UserError, match="choose one of: auto, triton, chunked, naive"):
+    with pytest.raises(ValueError, match="choose one of: auto, triton, chunked, naive"):
         nt_xent(z, z, 0.1, "fused")
-    with pytest.raises(UserError, match="unknown loss backend 'chunkd' \\(did you mean 'chunked'\\?\\)"):
+    with pytest.raises(ValueError, match="unknown loss backend 'chunkd' \\(did you mean 'chunked'\\?\\)"):
         info_nce(z, z, 0.1, "chunkd")
 
 
@@ -151,7 +150,7 @@ def test_triton_without_a_gpu_or_interpreter_is_a_user_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     z = torch.randn(4, 3)
     expected = "loss backend 'triton' cannot run: .*" if triton_import_error() else "inputs are on cpu.*"
-    with pytest.raises(UserError, match=expected + "choose one of: auto, chunked, naive"):
+    with pytest.raises(ValueError, match=expected + "choose one of: auto, chunked, naive"):
         nt_xent(z, z, 0.1, "triton")
 
 
@@ -159,7 +158,7 @@ def test_triton_not_installed_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)
     triton_import_error.cache_clear()
     try:
-        with pytest.raises(UserError, match="triton is not installed .*; choose one of: auto, chunked, naive"):
+        with pytest.raises(ValueError, match="triton is not installed .*; choose one of: auto, chunked, naive"):
             resolve_backend("triton", torch.device("cuda"))
         assert resolve_backend("auto", torch.device("cuda")) == "chunked"
     finally:
@@ -178,7 +177,7 @@ def test_auto_on_cpu_is_chunked_and_never_imports_triton():
 def test_backend_names_and_bad_arguments():
     assert NT_XENT_BACKENDS == ("auto", "triton", "chunked", "naive")
     z = torch.randn(4, 3)
-    with pytest.raises(UserError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
         nt_xent(z, z, 0.0)
     with pytest.raises(ValueError, match="row block"):
         nt_xent(z, z, 0.1, row_offset=3, rows=2)

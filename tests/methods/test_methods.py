@@ -120,7 +120,7 @@ def test_ema_steps_follow_optimizer_steps_under_gradient_accumulation(monkeypatc
     trainer.fit(model, train_dataloaders=loader)
     per_step = momenta[::2]  # two (student, teacher) pairs per update
     assert trainer.global_step == 8 and len(per_step) == 8
-    m = model.cfg.method
+    m = model.config
     assert per_step == pytest.approx([cosine_momentum(k, 8, m.momentum_base, m.momentum_final) for k in range(8)])
 
 
