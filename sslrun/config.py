@@ -59,6 +59,7 @@ NON_NEGATIVE_INT = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool)
 UNIT = Rule(lambda v: _number(v) and 0 <= v <= 1, "between 0 and 1")
 OPEN_UNIT = Rule(lambda v: _number(v) and 0 < v < 1, "between 0 and 1 (exclusive)")
 HALF_OPEN_UNIT = Rule(lambda v: _number(v) and 0 < v <= 1, "in (0, 1]")
+LR_SCALING = Rule(lambda v: v in ("linear", "sqrt", "none", True, False), "linear, sqrt, none, true or false")
 LAYER_NAMES = ("last", "layer1", "layer2", "layer3", "layer4")
 RESUME_CHOICES = ("auto", "never", "overwrite")
 RESUME = Rule(
@@ -115,16 +116,32 @@ class BackboneConfig:
 
 @dataclass
 class OptimConfig:
+    """Keys every optimizer has; each optimizer's schema (``sslrun.optim``) adds its own."""
+
     name: str = MISSING
     lr: float = checked(0.3, POSITIVE)
-    scale_lr: Any = "linear"  # linear | sqrt | none (true = linear, false = none)
+    scale_lr: Any = checked(
+        "linear", Rule(lambda v: v in ("linear", "sqrt", "none", True, False), "linear, sqrt, none, true or false")
+    )
     weight_decay: float = checked(1e-6, NON_NEGATIVE)
-    momentum: float = checked(0.9, UNIT)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    trust_coefficient: float = checked(0.001, POSITIVE)
     exclude_bias_and_norm: bool = True
     warmup_epochs: Any = checked("auto", or_auto(NON_NEGATIVE))
     min_lr_ratio: float = checked(0.0, UNIT)
+
+
+@dataclass
+class SGDConfig(OptimConfig):
+    momentum: float = checked(0.9, UNIT)
+
+
+@dataclass
+class LARSConfig(SGDConfig):
+    trust_coefficient: float = checked(0.001, POSITIVE)
+
+
+@dataclass
+class AdamConfig(OptimConfig):
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 
 
 @dataclass
@@ -192,8 +209,9 @@ class ProjectorConfig(MethodConfig):
 
 
 @dataclass
-class PretrainConfig:
-    method: MethodConfig = MISSING
+class RunConfig:
+    """The keys every training command has (``sslrun pretrain`` and ``sslrun finetune``)."""
+
     backbone: BackboneConfig = MISSING
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
@@ -205,17 +223,14 @@ class PretrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class PretrainConfig(RunConfig):
+    method: MethodConfig = MISSING
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
     pretrained: str = "none"
     mode: str = checked("linear", one_of("linear", "full"))
-    backbone: BackboneConfig = MISSING
-    data: DataConfig = MISSING
-    trainer: TrainerConfig = MISSING
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    optim: OptimConfig = MISSING
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: int = 0
-    resume: str = checked("auto", RESUME)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from sslrun.checkpoint import load_pretrained
 from sslrun.classifier import Classifier
 from sslrun.config import FinetuneConfig, backbone_config
 from sslrun.data import SSLDataModule
+from sslrun.optim import optim_schema
 from sslrun.outputs import read_metrics, record_config, run_dir, write_metrics
 from sslrun.trainer import build_trainer
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def schema(cfg: DictConfig) -> FinetuneConfig:
-    return FinetuneConfig()
+    return FinetuneConfig(optim=optim_schema(cfg))
 
 
 def build_backbone(cfg: DictConfig, data: SSLDataModule) -> tuple[nn.Module, DictConfig]:

@@ -15,12 +15,14 @@ from sslrun.config import PretrainConfig
 from sslrun.data import SSLDataModule
 from sslrun.data.base import check_label_fraction
 from sslrun.methods import METHODS
+from sslrun.optim import optim_schema
 from sslrun.outputs import read_metrics, record_config, run_dir, write_metrics
 from sslrun.trainer import build_trainer
 
 
 def schema(cfg: DictConfig) -> PretrainConfig:
-    return PretrainConfig(method=METHODS.get(str(OmegaConf.select(cfg, "method.name"))).Config())
+    method = METHODS.get(str(OmegaConf.select(cfg, "method.name"))).Config()
+    return PretrainConfig(method=method, optim=optim_schema(cfg))
 
 
 def check(cfg: DictConfig) -> None:

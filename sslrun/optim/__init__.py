@@ -8,9 +8,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
-from sslrun.config import OptimConfig
+from sslrun.config import AdamConfig, LARSConfig, OptimConfig, SGDConfig
 from sslrun.optim.lars import LARS
 from sslrun.registry import Registry
 
@@ -21,28 +22,43 @@ LR_SCALINGS = {"linear": lambda ratio: ratio, "sqrt": math.sqrt, "none": lambda 
 log = logging.getLogger(__name__)
 
 
-@OPTIMIZERS.register("sgd")
-def build_sgd(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+def optimizer(name: str, config: type[OptimConfig]):
+    """Register an optimizer builder under ``name`` with ``config``, the schema of its keys (``optim.*``)."""
+
+    def register(build):
+        build.Config = config
+        return OPTIMIZERS.register(name)(build)
+
+    return register
+
+
+@optimizer("sgd", SGDConfig)
+def build_sgd(groups: list[dict], cfg: SGDConfig, lr: float) -> torch.optim.Optimizer:
     """SGD with momentum"""
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-@OPTIMIZERS.register("adam")
-def build_adam(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+@optimizer("adam", AdamConfig)
+def build_adam(groups: list[dict], cfg: AdamConfig, lr: float) -> torch.optim.Optimizer:
     """Adam (L2 weight decay coupled to the gradient; DCGAN's settings in its YAML)"""
     return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
-@OPTIMIZERS.register("adamw")
-def build_adamw(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+@optimizer("adamw", AdamConfig)
+def build_adamw(groups: list[dict], cfg: AdamConfig, lr: float) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay)"""
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
-@OPTIMIZERS.register("lars")
-def build_lars(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+@optimizer("lars", LARSConfig)
+def build_lars(groups: list[dict], cfg: LARSConfig, lr: float) -> torch.optim.Optimizer:
     """LARS (You et al. 2017): SGD with a layer-wise trust ratio, as SimCLR uses"""
     return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.trust_coefficient)
+
+
+def optim_schema(cfg: Any) -> OptimConfig:
+    """The schema of the composed config's optimizer (``optim.name``), for ``sslrun.config.validate``."""
+    return OPTIMIZERS.get(str(OmegaConf.select(cfg, "optim.name"))).Config()
 
 
 def param_groups(params: nn.Module | Iterable[nn.Parameter], cfg: OptimConfig) -> list[dict]:
@@ -62,9 +78,7 @@ def lr_scaling(cfg: OptimConfig) -> str:
     """``optim.scale_lr``: linear (or true), sqrt, or none (or false)."""
     value = cfg.scale_lr
     if isinstance(value, bool):
-        value = "linear" if value else "none"
-    if value not in LR_SCALINGS:
-        raise ValueError(f"optim.scale_lr={cfg.scale_lr!r} is not one of: {', '.join(LR_SCALINGS)} (or true/false)")
+        return "linear" if value else "none"
     return value
 
 

@@ -126,6 +126,8 @@ def test_every_checked_method_value_is_refused_before_any_work(name):
         ("pretrain", "trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true needs GPUs"),
         ("finetune", "mode=probe", "mode='probe' must be one of: linear, full"),
         ("finetune", "eval.layer=layer9", "eval.layer='layer9' must be one of: last, layer1"),
+        ("pretrain", "optim.scale_lr=cubic", "optim.scale_lr='cubic' must be linear, sqrt, none, true or false"),
+        ("pretrain", "optim=adam optim.momentum=0.9", "unknown key 'optim.momentum'"),
         ("pretrain", "data.views.batched=maybe", "data.views.batched='maybe' must be true, false or auto"),
         ("pretrain", "method.loss_backend=fast", "method.loss_backend='fast' must be one of: auto, triton, chunked"),
         (

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +10,7 @@ from sslrun.optim import OPTIMIZERS, build_optimizer, effective_lr, param_groups
 
 
 def optim_cfg(name: str, **kw) -> OptimConfig:
-    return OmegaConf.merge(OmegaConf.structured(OptimConfig), {"name": name, **kw})
+    return OmegaConf.merge(OmegaConf.structured(OPTIMIZERS.get(name).Config), {"name": name, **kw})
 
 
 def test_warmup_then_cosine_to_min_ratio():
@@ -37,8 +38,20 @@ def test_linear_scaling_rule():
     assert effective_lr(optim_cfg("sgd", lr=0.3, scale_lr="none"), 512) == pytest.approx(0.3)
     assert effective_lr(optim_cfg("sgd", lr=0.3, scale_lr=True), 512) == pytest.approx(0.6)
     assert effective_lr(optim_cfg("lars", lr=1.2, scale_lr="sqrt"), 4096) == pytest.approx(0.075 * 64)  # SimCLR B.1
-    with pytest.raises(ValueError, match="optim.scale_lr"):
-        effective_lr(optim_cfg("sgd", scale_lr="cubic"), 256)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_each_optimizer_yaml_carries_its_own_keys_only(name):
+    """An optimizer's YAML and schema have the same keys, none of another optimizer's (adam: no momentum)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).parents[2] / "sslrun" / "configs" / "optim" / f"{name}.yaml"
+    keys = set(yaml.safe_load(path.read_text()))
+    schema = {f.name for f in dataclasses.fields(OPTIMIZERS.get(name).Config)}
+    assert keys == schema
+    assert ("momentum" in keys) == (name in ("sgd", "lars")) and ("betas" in keys) == name.startswith("adam")
 
 
 def test_bias_and_norm_parameters_get_no_weight_decay():
@@ -90,7 +103,7 @@ def test_the_schedule_of_a_two_player_method_spans_its_batches():
             max_epochs=2,
             world_size=1,
         )
-        cfg = OmegaConf.create({**OmegaConf.to_container(OmegaConf.structured(OptimConfig(name="sgd"))), "lr": 1.0})
+        cfg = optim_cfg("sgd", lr=1.0)
         cfg.warmup_epochs = 0
         groups = [{"params": [torch.nn.Parameter(torch.ones(1))]}]
         out = lightning_optimizers(trainer, groups, cfg, 256, steps_per_batch)
