@@ -3,14 +3,14 @@ is composed and validated, so a typo or an unknown name ends in one clear line a
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import os
 import sys
 from types import ModuleType
 
 import hydra
 from hydra import compose, initialize_config_module
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -34,12 +34,40 @@ def user_error(err: Exception) -> None:
     console.fail(" ".join(str(err).split()) or type(err).__name__)
 
 
+def hydra_arguments() -> argparse.ArgumentParser:
+    """The command line ``hydra.main`` accepts (its flags and the overrides), parsed here only to find the overrides
+    and whether Hydra will print help or info instead of running; ``hydra.main`` parses it again itself."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for flags in (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r")):
+        parser.add_argument(*flags, action="store_true")
+    for flags in (("--multirun", "-m"), ("--shell-completion", "-sc")):
+        parser.add_argument(*flags, action="store_true")
+    for flags in (("--cfg", "-c"), ("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn")):
+        parser.add_argument(*flags)
+    for flags in (("--config-dir", "-cd"), ("--experimental-rerun",)):
+        parser.add_argument(*flags)
+    parser.add_argument("--info", "-i", nargs="?", const="all")
+    parser.add_argument("overrides", nargs="*")
+    return parser
+
+
+def sweep_combinations(overrides: list) -> list[list[str]]:
+    """Every job of a ``-m`` sweep as its list of ``key=value`` overrides: the cartesian product of the sweep
+    overrides' values, in the order Hydra's basic sweeper runs them."""
+    choices = []
+    for item in overrides:
+        key = item.get_key_element()
+        values = list(item.sweep_string_iterator()) if item.is_sweep_override() else [item.get_value_element_as_str()]
+        choices.append([f"{key}={value}" for value in values])
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
 def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
     """``command`` provides ``schema(cfg) -> dataclass instance`` and ``run(cfg) -> dict``, and may provide
     ``check(cfg)`` (checks across keys); ``run`` shows the config with ``outputs.record_config`` once its ``auto``
     values are resolved."""
-    args = get_args_parser().parse_args(argv)
-    if not (args.help or args.hydra_help or args.info or args.shell_completion):
+    args, _ = hydra_arguments().parse_known_args(argv)
+    if not (args.help or args.hydra_help or args.version or args.info or args.shell_completion):
         try:
             precheck(name, command, args.overrides)
         except USER_ERRORS as err:
@@ -74,7 +102,7 @@ def precheck(name: str, command: ModuleType, overrides: list[str]) -> None:
     except HydraException as err:
         raise UserError(f"cannot parse overrides: {str(err).splitlines()[0]}") from None
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
-    combos = BasicSweeper.split_arguments(parsed, None)[0] if parsed else [[]]
+    combos = sweep_combinations(parsed) if parsed else [[]]
     GlobalHydra.instance().clear()
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()

@@ -144,3 +144,24 @@ def test_value_checks_run_in_the_preflight(command, override, fragment):
     with pytest.raises(ValueError) as err:
         precheck(command, COMMANDS[command], override.split())
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["a=1,2", "b=x", "c=3,4,5"], ["x=range(1,4)", "y='a,b'", "z=choice(1,2)"], ["+sweep=a", "~trainer.max_steps"]],
+)
+def test_sweep_combinations_match_hydras_basic_sweeper(overrides):
+    """sslrun expands a -m sweep through Hydra's public override API; the jobs are the ones Hydra's own (private)
+    basic sweeper runs, in its order."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from sslrun.app import sweep_combinations
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    assert sweep_combinations(parsed) == BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def test_sslrun_uses_no_private_hydra_module():
+    sources = (Path(__file__).parents[2] / "sslrun").rglob("*.py")
+    assert not [p.name for p in sources if "hydra._internal" in p.read_text()]
