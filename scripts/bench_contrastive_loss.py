@@ -9,6 +9,9 @@ logit) would take over half the free memory.
 
     python scripts/bench_contrastive_loss.py --sizes 16384 --dims 128 --backends naive,chunked
     python scripts/bench_contrastive_loss.py --device cuda --matmul-precision high --dtype float32   # on a GPU
+
+``--results results/loss_backends.jsonl`` also appends every timed case, with its provenance, to the data
+docs/results.md is generated from.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import time
 
 import torch
+from provenance import append_row, provenance, this_command
 
 NAIVE_BYTES_PER_LOGIT = 16
 """Peak of the dense loss: the logits, their masked copy / softmax and the logits' gradient (REFERENCES.md)."""
@@ -91,6 +95,7 @@ def main() -> None:
         choices=["highest", "high", "medium"],
         help="torch.set_float32_matmul_precision: the Triton kernel runs fp32 as ieee at highest, tf32x3 otherwise",
     )
+    parser.add_argument("--results", help="also append every timed case to this results/*.jsonl file")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -102,6 +107,7 @@ def main() -> None:
         )
         print(json.dumps(result))
         return
+    origin = provenance(this_command()) if args.results else {}
     backends = (
         args.backends.split(",") if args.backends else ["naive", "chunked"] + ["triton"] * (device.type == "cuda")
     )
@@ -126,6 +132,8 @@ def main() -> None:
                 else:
                     row["error"] = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
                 print(json.dumps(row), flush=True)
+                if args.results and "time_s" in row:
+                    append_row(args.results, row | origin)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Runs alternate (sslrun, plain, sslrun, plain) and the best of each is kept, as t
     python scripts/bench_pretrain.py --steps 30 backbone=resnet18 backbone.width=0.25 data=imagefolder \
         data.root=$PWD/runs/data/fmnist      # a PNG folder decoded once into RAM, views made a batch at a time
 
-``data.root`` must be absolute: each timed run works inside ``--out``.
+``data.root`` must be absolute: each timed run works inside ``--out``. ``--results results/throughput.jsonl`` also
+appends the JSON line, with its provenance, to the data docs/results.md is generated from.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
+from provenance import append_row, provenance, this_command
 
 from sslrun import pretrain
 from sslrun.config import validate
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--results", help="also append the result to this results/*.jsonl file")
     parser.add_argument("overrides", nargs="*", help="pretrain config overrides, e.g. backbone.width=0.25")
     args = parser.parse_args()
     cfg = config(args.overrides)
@@ -107,6 +110,8 @@ def main() -> None:
         "sslrun_default_vs_plain_fp32": round(max(ours) / max(fp32), 3),
     }
     print(json.dumps(result))
+    if args.results:
+        append_row(args.results, result | provenance(this_command()))
 
 
 if __name__ == "__main__":

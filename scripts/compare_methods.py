@@ -3,7 +3,8 @@ then evaluated by ``sslrun finetune mode=linear`` (linear probe top-1 and kNN to
 random-init encoder under the same protocol. One row per method, mean +- std over ``--seeds``. ``--layers`` also
 probes earlier stages (``eval.layer``) and reports each method's best layer beside its last; ``--full N`` adds N
 epochs of full fine-tuning (``--full-overrides``: settings for that run only, e.g. AdamW for ViTs). Prints a
-Markdown table and writes it, with one JSON line per run, to ``--out``.
+Markdown table and writes it, with one JSON line per run, to ``--out``; ``--results results/<table>.jsonl`` also
+appends one row per method, with its provenance, to the data docs/results.md is generated from.
 
     python scripts/compare_methods.py --out runs/compare --seeds 0 \\
         --both data=fashion_mnist backbone=resnet18 backbone.width=0.25 -- trainer.max_epochs=8
@@ -21,6 +22,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from provenance import append_row, provenance, this_command
 
 SSLRUN = shutil.which("sslrun") or str(Path(sys.executable).with_name("sslrun"))
 
@@ -73,17 +76,26 @@ def evaluate(out: Path, name: str, seed: int, pretrained: str, args: argparse.Na
     return {k: v for k, v in results.items() if v}
 
 
+def layer_values(runs: list[dict], layer: str, key: str) -> list[float]:
+    return [r[layer][key] for r in runs if layer in r]
+
+
+def best_layer(runs: list[dict], args: argparse.Namespace) -> str:
+    """The stage (last or one of ``--layers``) with the best mean linear top-1."""
+    layers = [layer for layer in ["last", *args.layers] if layer_values(runs, layer, "top1")]
+    return max(layers, key=lambda layer: statistics.mean(layer_values(runs, layer, "top1")), default="last")
+
+
 def summarise(name: str, runs: list[dict], pretrains: list[dict], args: argparse.Namespace) -> list[str]:
     """One table row: last-layer linear and kNN, the best layer by mean linear top-1 with its linear and kNN, the
     full fine-tune, pretraining speed and minutes."""
 
     def values(layer: str, key: str) -> list[float]:
-        return [r[layer][key] for r in runs if layer in r]
+        return layer_values(runs, layer, key)
 
     row = [name, cell(values("last", "top1")), cell(values("last", "knn_top1"))]
     if args.layers:
-        layers = [layer for layer in ["last", *args.layers] if values(layer, "top1")]
-        best = max(layers, key=lambda layer: statistics.mean(values(layer, "top1")), default="last")
+        best = best_layer(runs, args)
         row += [best, cell(values(best, "top1")), cell(values(best, "knn_top1"))]
     if args.full:
         row.append(cell(values("full", "top1")))
@@ -91,6 +103,33 @@ def summarise(name: str, runs: list[dict], pretrains: list[dict], args: argparse
         row += [cell([p["img_per_s"] for p in pretrains], 0), cell([p["seconds"] / 60 for p in pretrains], 1)]
     else:
         row += ["-", "-"]
+    return row
+
+
+def stats(field: str, values: list[float]) -> dict:
+    """``{field: mean, field_std: std}``; the std is None for one value, both are None for none."""
+    if not values:
+        return {field: None, f"{field}_std": None}
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {field: statistics.mean(values), f"{field}_std": std}
+
+
+def result_row(name: str, seeds: list[int], runs: list[dict], pretrains: list[dict], args: argparse.Namespace) -> dict:
+    """The figures of ``summarise``'s row as numbers, for ``--results``."""
+    row = {"method": name, "seeds": seeds}
+    row |= stats("linear_top1", layer_values(runs, "last", "top1"))
+    row |= stats("knn_top1", layer_values(runs, "last", "knn_top1"))
+    if args.layers:
+        best = best_layer(runs, args)
+        row["best_layer"] = best
+        row |= stats("linear_top1_best_layer", layer_values(runs, best, "top1"))
+        row |= stats("knn_top1_best_layer", layer_values(runs, best, "knn_top1"))
+    if args.full:
+        row["finetune_epochs"] = args.full
+        row |= stats("finetune_top1", layer_values(runs, "full", "top1"))
+    if pretrains:
+        row |= stats("pretrain_img_per_s", [p["img_per_s"] for p in pretrains])
+        row |= stats("pretrain_min", [p["seconds"] / 60 for p in pretrains])
     return row
 
 
@@ -103,21 +142,26 @@ def main() -> None:
     parser.add_argument("--full", type=int, default=0, help="also fine-tune the whole encoder for this many epochs")
     parser.add_argument("--full-overrides", nargs="*", default=[], help="overrides for the full fine-tune only")
     parser.add_argument("--both", nargs="*", default=[], help="overrides for pretrain and finetune")
+    parser.add_argument("--results", help="also append one row per method to this results/*.jsonl file")
     parser.add_argument("overrides", nargs="*", help="overrides for pretrain only")
     args = parser.parse_args()
+    origin = provenance(this_command()) if args.results else {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     methods = args.methods or methods_from_registry()
     log = (out / "runs.jsonl").open("a")
-    random_runs = []
+    random_runs, random_seeds = [], []
     for seed in args.seeds:
         runs = evaluate(out, "random", seed, "none", args)
         if "last" in runs:
             random_runs.append(runs)
+            random_seeds.append(seed)
             log.write(json.dumps({"method": "random init", "seed": seed, "eval": runs}) + "\n")
     rows = [summarise("random init", random_runs, [], args)]
+    if args.results:
+        append_row(args.results, result_row("random init", random_seeds, random_runs, [], args) | origin)
     for method in methods:
-        runs, pretrains = [], []
+        runs, pretrains, seeds = [], [], []
         for seed in args.seeds:
             pre_dir = out / f"{method}-s{seed}"
             pre = sslrun(pre_dir, "pretrain", f"method={method}", f"seed={seed}", *args.both, *args.overrides)
@@ -128,9 +172,12 @@ def main() -> None:
                 continue
             runs.append(evaluated)
             pretrains.append(pre)
+            seeds.append(seed)
             log.write(json.dumps({"method": method, "seed": seed, "pretrain": pre, "eval": evaluated}) + "\n")
             log.flush()
         rows.append(summarise(method, runs, pretrains, args))
+        if args.results:
+            append_row(args.results, result_row(method, seeds, runs, pretrains, args) | origin)
         print(f"{method}: {' | '.join(rows[-1][1:])}", flush=True)
     header = ["method", "linear top-1", "kNN top-1"]
     if args.layers:

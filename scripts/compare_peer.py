@@ -38,7 +38,8 @@ What runs:
 
 Output (stdout): one JSON line with every figure and setting, a Markdown table, and
 ``sslrun wall time = X.XX x peer's; linear top-1 delta = +0.0XX`` (sslrun SSL minus lightly SSL). Logs go to stderr.
-Needs the ``bench`` extra (``pip install -e .[bench]``, i.e. lightly).
+Needs the ``bench`` extra (``pip install -e .[bench]``, i.e. lightly). ``--results results/peer_lightly.jsonl`` also
+appends the table's rows, with their provenance, to the data docs/results.md is generated from.
 
 The README table (Fashion-MNIST PNGs from scripts/make_imagefolder.py; add ``trainer=gpu`` on a GPU)::
 
@@ -66,6 +67,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from provenance import append_row, provenance, this_command
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -344,6 +346,7 @@ def main() -> None:
     parser.add_argument("--peer-lr", type=float, default=None, help="default: lightly's 0.06 x batch / 128")
     parser.add_argument("--skip-peer", action="store_true", help="debugging: no lightly rows")
     parser.add_argument("--skip-sslrun", action="store_true", help="debugging: reuse OUT/sslrun/pretrain if there")
+    parser.add_argument("--results", help="also append the table's rows to this results/*.jsonl file")
     parser.add_argument("overrides", nargs="*", help="extra sslrun overrides (key=value), e.g. trainer=gpu")
     args = parser.parse_intermixed_args()
 
@@ -449,6 +452,10 @@ def main() -> None:
             f"sslrun wall time = {summary['wall_ratio']:.2f} x peer's; "
             f"linear top-1 delta = {summary['linear_top1_delta']:+.3f}"
         )
+    if args.results:
+        origin = provenance(this_command())
+        for row in rows:
+            append_row(args.results, row | origin)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 tf32x3 against float64. The README's precision figures come from
 
     python scripts/tf32_emulation.py --sizes 2048 --dims 128,2048 --temperatures 0.01,0.1
+
+``--results results/tf32_emulation.jsonl`` also appends every row, with its provenance, to the data docs/results.md
+is generated from.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import json
 
 import torch
+from provenance import append_row, provenance, this_command
 
 from sslrun.kernels.emulation import emulated_nt_xent
 
@@ -27,7 +31,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="256,2048", help="comma-separated 2N values")
     parser.add_argument("--dims", default="64,128,2048")
     parser.add_argument("--temperatures", default="0.01,0.1")
+    parser.add_argument("--results", help="also append every row to this results/*.jsonl file")
     args = parser.parse_args()
+    origin = provenance(this_command()) if args.results else {}
     for two_n in map(int, args.sizes.split(",")):
         for dim in map(int, args.dims.split(",")):
             for t in map(float, args.temperatures.split(",")):
@@ -38,6 +44,8 @@ def main() -> None:
                     for precision in ("ieee", "tf32", "tf32x3"):
                         row[f"error_{precision}"] = float(f"{emulated_nt_xent(z1, z2, t, precision).item() - ref:.3g}")
                     print(json.dumps(row), flush=True)
+                    if args.results:
+                        append_row(args.results, row | origin)
 
 
 if __name__ == "__main__":

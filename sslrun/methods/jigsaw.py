@@ -8,7 +8,7 @@ The permutation set is the paper's maximal-Hamming-distance set, built greedily 
 largest minimal Hamming distance to those already chosen), deterministic for a given (tiles, count), and stored in
 the checkpoint as a buffer. ``grid``: auto is 3 (the paper's) from 24 px up, else 2; ``num_permutations``: the
 paper's 100 (at most (grid^2)!, 24 for a 2 x 2 grid); ``tile_fraction``: tile side over cell side (64/75 in the
-paper). Tiles keep their native size (8 px on a 28 px image): the backbone pools whatever size it gets.
+paper). Tiles keep their native size (7 px on a 28 px image): the backbone pools whatever size it gets.
 One view, crop and flip only.
 """
 
