@@ -7,6 +7,7 @@ import argparse
 import itertools
 import os
 import sys
+import warnings
 from types import ModuleType
 
 import hydra
@@ -62,6 +63,11 @@ def sweep_combinations(overrides: list) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*choices)]
 
 
+# The primary configs search ./configs (experiment/, sweep/ files of the working directory); most working directories
+# have none, which Hydra would announce on every run.
+warnings.filterwarnings("ignore", message=r"provider=hydra.searchpath in main, path=configs is not available")
+
+
 def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
     """``command`` provides ``schema(cfg) -> dataclass instance`` and ``run(cfg) -> dict``, and may provide
     ``check(cfg)`` (checks across keys); ``run`` shows the config with ``outputs.record_config`` once its ``auto``
@@ -69,7 +75,7 @@ def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
     args, _ = hydra_arguments().parse_known_args(argv)
     if not (args.help or args.hydra_help or args.version or args.info or args.shell_completion):
         try:
-            precheck(name, command, args.overrides)
+            precheck(name, command, args.overrides, multirun=args.multirun)
         except USER_ERRORS as err:
             user_error(err)
 
@@ -95,21 +101,40 @@ def checked(cfg: DictConfig, command: ModuleType) -> DictConfig:
     return typed
 
 
-def precheck(name: str, command: ModuleType, overrides: list[str]) -> None:
-    """Compose and check the config for every override combination; raise UserError on the first problem."""
+def precheck(name: str, command: ModuleType, overrides: list[str], multirun: bool = False) -> None:
+    """Compose and check the config for every override combination (with ``multirun``, also the sweep a config file
+    declares in ``hydra.sweeper.params``, e.g. ``+sweep=...``); raise UserError on the first problem."""
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = parser.parse_overrides(overrides)
     except HydraException as err:
         raise UserError(f"cannot parse overrides: {str(err).splitlines()[0]}") from None
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
-    combos = sweep_combinations(parsed) if parsed else [[]]
     GlobalHydra.instance().clear()
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        if multirun:
+            parsed = _file_sweep(name, parsed, parser) + parsed
+        combos = sweep_combinations(parsed) if parsed else [[]]
         loader = GlobalHydra.instance().config_loader()
         groups = set(loader.list_groups(""))
         for combo in combos:
             _check_combo(name, command, combo, loader, groups)
     GlobalHydra.instance().clear()
+
+
+def _file_sweep(name: str, parsed: list, parser: OverridesParser) -> list:
+    """The overrides of ``hydra.sweeper.params`` in the config composed with the command line's added configs
+    (``+sweep=...``), less the keys the command line sets itself (which win, as in Hydra's basic sweeper)."""
+    added = [o.input_line for o in parsed if (o.is_add() or o.is_force_add()) and not o.is_sweep_override()]
+    try:
+        params = OmegaConf.select(
+            compose(config_name=name, overrides=added, return_hydra_config=True), "hydra.sweeper.params"
+        )
+    except HydraException as err:
+        raise UserError(" ".join(str(err).split())) from None
+    given = {o.key_or_group for o in parsed}
+    lines = [f"{key}={value}" for key, value in (params or {}).items() if key not in given]
+    return parser.parse_overrides(lines)
 
 
 def _check_combo(name: str, command: ModuleType, combo: list[str], loader, groups: set[str]) -> None:
