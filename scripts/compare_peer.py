@@ -27,7 +27,7 @@ What runs:
    architecture freshly initialised with the same seed), on frozen features, each tool with its own eval
    preprocessing (sslrun: ``SSLDataModule(stage="finetune").eval_dataloaders()`` from the checkpoint's data config;
    lightly: ``ImageFolder`` + Resize(R) + CenterCrop(R) + ToTensor + Normalize(ImageNet), as lightly's benchmarks
-   do): (a) weighted kNN top-1 on val, cosine, k=20, T=0.1 (``sslrun.callbacks.features.knn_predict``); (b) linear
+   do): (a) weighted kNN top-1 on val, cosine, k=20, T=0.1 (``sslrun.eval.features.knn_predict``); (b) linear
    top-1 on val: features standardised with the train split's mean/std, a linear layer trained full-batch with Adam
    (lr 1e-2, no weight decay) for 300 steps of cross-entropy on the train split. Seed ``--seed`` everywhere.
 4. Timing: "pretrain wall s" is, for sslrun, the wall time of the ``sslrun pretrain`` subprocess (interpreter start,
@@ -73,10 +73,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 import sslrun
 from sslrun.backbones import BACKBONES
-from sslrun.callbacks.features import extract_features, knn_predict, topk_accuracy
 from sslrun.checkpoint import Pretrained, load_pretrained
 from sslrun.config import DataConfig, backbone_config
 from sslrun.data import SSLDataModule
+from sslrun.eval.features import extract_features, knn_predict, topk_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
 _NEXT_TO_PYTHON = Path(sys.executable).with_name("sslrun")

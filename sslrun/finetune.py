@@ -17,11 +17,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from sslrun import console, resume
 from sslrun.backbones import BACKBONES
 from sslrun.backbones.layers import at_layer
-from sslrun.callbacks.features import extract_features, knn_predict, topk_accuracy
 from sslrun.checkpoint import load_pretrained
-from sslrun.classifier import Classifier
 from sslrun.config import FinetuneConfig, backbone_config
 from sslrun.data import SSLDataModule
+from sslrun.eval.classifier import Classifier
+from sslrun.eval.features import extract_features, knn_predict, topk_accuracy
 from sslrun.optim import optim_schema
 from sslrun.outputs import read_metrics, record_config, run_dir, write_metrics
 from sslrun.trainer import build_trainer

@@ -10,7 +10,7 @@ import logging
 import pytorch_lightning as pl
 
 from sslrun.callbacks.epochs import evaluation_due
-from sslrun.callbacks.features import extract_features, knn_predict, rankme, topk_accuracy
+from sslrun.eval.features import extract_features, knn_predict, rankme, topk_accuracy
 
 log = logging.getLogger(__name__)
 COLLAPSED_RANK = 2.0  # RankMe at or below this: the embeddings span about one or two directions

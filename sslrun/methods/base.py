@@ -46,9 +46,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sslrun.backbones import BACKBONES
-from sslrun.callbacks.online_probe import OnlineLinearProbe
 from sslrun.config import MethodConfig
 from sslrun.data.views import TWO_VIEWS, ViewSpec
+from sslrun.eval.online_probe import OnlineLinearProbe
 from sslrun.methods import parts
 from sslrun.methods.momentum import cosine_momentum, ema_update, frozen_copy
 from sslrun.optim import lightning_optimizers, param_groups

@@ -16,11 +16,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sslrun.backbones import BACKBONES
-from sslrun.callbacks.features import extract_features
 from sslrun.checkpoint import load_pretrained
 from sslrun.config import DataConfig, backbone_config
 from sslrun.data import SSLDataModule
 from sslrun.data.base import square_image
+from sslrun.eval.features import extract_features
 
 BANK = 10_000  # training images searched for neighbours at most (evenly spaced)
 QUERIES = 8

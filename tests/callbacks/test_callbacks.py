@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sslrun.callbacks import throughput as throughput_module
-from sslrun.callbacks.features import rankme
 from sslrun.callbacks.throughput import Throughput
+from sslrun.eval.features import rankme
 
 
 def test_data_share_and_eta_follow_the_step_timeline(monkeypatch):
