@@ -239,6 +239,7 @@ class ExportConfig:
     out: str = "encoder.pt"
     # auto: by the suffix of ``out`` (.safetensors: safetensors, anything else: torch)
     format: str = checked("auto", one_of("auto", "safetensors", "torch"))
+    overwrite: bool = False  # replace an existing ``out`` (never a file inside a run's checkpoints/)
 
 
 def backbone_config(values: dict) -> DictConfig:

@@ -12,6 +12,7 @@ its ``conv1`` (and ``maxpool``) become ours. The summary printed after export sp
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from sslrun.backbones import BACKBONES
 from sslrun.backbones.resnet import ResNet
 from sslrun.checkpoint import load_pretrained
 from sslrun.config import ExportConfig, backbone_config
-from sslrun.outputs import record_config
+from sslrun.outputs import check_writable_output, record_config
 
 
 def schema(cfg: DictConfig) -> ExportConfig:
@@ -57,15 +58,29 @@ def load_recipe(name: str, backbone: nn.Module, width: float) -> str:
     return "; ".join([*steps, "strict=True"])
 
 
+def check(cfg: DictConfig) -> None:
+    """Before any work (``sslrun.app``): ``out`` must not destroy anything."""
+    check_writable_output(Path(cfg.out).expanduser(), "out", cfg.overwrite)
+
+
+def write_atomically(out: Path, write) -> None:
+    """``write(path)`` into a temporary file beside ``out``, then renamed onto it: ``out`` is whole or untouched."""
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        write(partial)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def run(cfg: DictConfig) -> dict[str, str | int]:
     record_config(cfg, "export")
+    out = Path(cfg.out).expanduser()
+    check_writable_output(out, "out", cfg.overwrite)  # again: the file may have appeared since the pre-flight
     ckpt = load_pretrained(cfg.pretrained)
     backbone_cfg = backbone_config(ckpt.config["backbone"])
     backbone = BACKBONES.build(backbone_cfg.name, backbone_cfg, ckpt.in_channels, ckpt.image_size)
     backbone.load_state_dict(ckpt.backbone_state)
-    out = Path(cfg.out).expanduser()
-    if not out.parent.is_dir():
-        raise ValueError(f"out={cfg.out!r}: the folder {out.parent} does not exist")
     stem = backbone.stem if isinstance(backbone, ResNet) else backbone_cfg.stem
     recipe = load_recipe(backbone_cfg.name, backbone, backbone_cfg.width)
     file_format = resolve_format(cfg.format, out)
@@ -83,9 +98,10 @@ def run(cfg: DictConfig) -> dict[str, str | int]:
             "load": recipe,
         }
         # save_file refuses tensors that share memory or are not contiguous: each gets its own contiguous copy
-        save_file({k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}, out, metadata)
+        contiguous = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
+        write_atomically(out, lambda path: save_file(contiguous, path, metadata))
     else:
-        torch.save(state, out)
+        write_atomically(out, lambda path: torch.save(state, path))
     summary = {
         "out": str(out),
         "format": file_format,

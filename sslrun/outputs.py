@@ -29,6 +29,33 @@ def record_config(cfg: DictConfig, command: str) -> None:
     (run_dir() / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
 
 
+def run_holding(path: Path) -> Path | None:
+    """The run dir whose ``checkpoints/`` holds ``path`` (existing or not), if any: a ``checkpoints`` folder beside a
+    run's ``config.yaml`` or ``.hydra/``."""
+    for parent in (path, *path.parents):
+        if parent.name == "checkpoints" and (
+            (parent.parent / "config.yaml").is_file() or (parent.parent / ".hydra").is_dir()
+        ):
+            return parent.parent
+    return None
+
+
+def check_writable_output(path: Path, key: str, overwrite: bool) -> None:
+    """ValueError for an output file that would destroy something: a path inside a run's ``checkpoints/`` (never),
+    a directory, or an existing file without ``overwrite``."""
+    run = run_holding(path.resolve())
+    if run is not None:
+        raise ValueError(
+            f"{key}={path} is inside the checkpoints of run {run}; write it elsewhere (e.g. {run}/encoder.pt)"
+        )
+    if path.is_dir():
+        raise ValueError(f"{key}={path} is a directory; name a file in it, e.g. {key}={path / 'encoder.pt'}")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{key}={path} exists; pass overwrite=true to replace it, or another {key}=")
+    if not path.parent.is_dir():
+        raise ValueError(f"{key}={path}: the folder {path.parent} does not exist")
+
+
 def read_metrics(out_dir: Path) -> dict:
     """The run's ``metrics.json`` ({} when it has none)."""
     path = out_dir / "metrics.json"

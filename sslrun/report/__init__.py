@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from sslrun import console
+from sslrun.outputs import run_holding
 from sslrun.report import table
 
 MAX_IMAGE_RUNS = 8
@@ -90,6 +91,9 @@ def main(argv: list[str]) -> None:
         shown = ", ".join(str(p) for p in collected.skipped[:3]) + (" ..." if len(collected.skipped) > 3 else "")
         warn(f"skipped {len(collected.skipped)} run dir(s) with an unreadable metrics.json: {shown}")
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "report" if len(args.dirs) == 1 else Path("report")
+    holder = run_holding(out.resolve())
+    if holder is not None:
+        console.fail(escape(f"--out {out} is inside the checkpoints of run {holder}; write the report elsewhere"))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -125,6 +125,25 @@ def test_export_writes_torch_or_safetensors_by_the_suffix_of_out(pretrain_run, t
     assert_user_error(bogus, "format='bogus' must be one of: auto, safetensors, torch")
 
 
+def test_export_never_destroys_a_run_nor_an_existing_file(pretrain_run, tmp_path):
+    """Once, export overwrote a run's own training checkpoint with a bare state_dict (and the run was lost)."""
+    ckpt = pretrain_run / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    for out in (ckpt, pretrain_run / "checkpoints" / "encoder.pt"):
+        refused = sslrun("export", f"pretrained={pretrain_run}", f"out={out}", "overwrite=true", cwd=tmp_path)
+        assert_user_error(refused, "is inside the checkpoints of run", str(pretrain_run))
+    assert ckpt.read_bytes() == before and not (pretrain_run / "checkpoints" / "encoder.pt").exists()
+    assert_user_error(sslrun("export", f"pretrained={pretrain_run}", f"out={tmp_path}", cwd=tmp_path), "is a directory")
+    existing = tmp_path / "mine.pt"
+    existing.write_bytes(b"keep me")
+    refused = sslrun("export", f"pretrained={pretrain_run}", f"out={existing}", cwd=tmp_path)
+    assert_user_error(refused, "exists; pass overwrite=true")
+    assert existing.read_bytes() == b"keep me"
+    replaced = sslrun("export", f"pretrained={pretrain_run}", f"out={existing}", "overwrite=true", cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert torch.load(existing, weights_only=True).keys() and not list(tmp_path.glob(".mine.pt.*"))
+
+
 def test_finetune_on_a_label_fraction_records_the_images_it_used(pretrain_run, tmp_path):
     args = ["data.limit=64", "data.batch_size=4", "data.num_workers=0", "trainer=debug", f"hydra.run.dir={tmp_path}"]
     proc = sslrun("finetune", f"pretrained={pretrain_run}", *args, "data.label_fraction=0.1", cwd=tmp_path)

@@ -96,6 +96,14 @@ def test_a_missing_path_is_a_user_error(tmp_path):
     assert_one_line_error(sslrun("report", str(tmp_path / "nope"), cwd=tmp_path), "nope does not exist")
 
 
+def test_a_report_never_writes_into_a_runs_checkpoints(tmp_path):
+    run = make_run(tmp_path, "run", config("contrastive", 0.3), {"knn_top1": 0.5})
+    (run / "checkpoints").mkdir()
+    proc = sslrun("report", str(run), "--out", str(run / "checkpoints"), cwd=tmp_path)
+    assert_one_line_error(proc, "is inside the checkpoints of run")
+    assert list((run / "checkpoints").iterdir()) == []
+
+
 def test_a_dir_without_runs_is_a_user_error(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     proc = sslrun("report", str(tmp_path / "empty"), cwd=tmp_path)
