@@ -21,6 +21,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from sslrun import console, launch
 from sslrun.config import unknown_key_message, validate
 from sslrun.errors import Diverged, RunStopped, UserError
+from sslrun.lock import run_lock
+from sslrun.outputs import run_dir
 from sslrun.registry import unknown_name_message
 
 CONFIG_MODULE = "sslrun.configs"
@@ -81,7 +83,8 @@ def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
 
     def task(cfg: DictConfig) -> None:
         try:
-            command.run(checked(cfg, command))
+            with run_lock(run_dir()):
+                command.run(checked(cfg, command))
         except USER_ERRORS as err:
             user_error(err)
         except RunStopped as err:
