@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
+import shlex
 import sys
 import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 
 import hydra
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from sslrun import console, launch
 from sslrun.config import unknown_key_message, validate
-from sslrun.errors import Diverged, RunStopped, UserError
+from sslrun.errors import FAILED, Diverged, Interrupted, RunStopped, UserError
 from sslrun.lock import run_lock
 from sslrun.outputs import run_dir
 from sslrun.registry import unknown_name_message
@@ -81,19 +87,90 @@ def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
         except USER_ERRORS as err:
             user_error(err)
 
+    jobs: list[Job] = []
+
     def task(cfg: DictConfig) -> None:
+        job = Job.current()
         try:
             with run_lock(run_dir()):
-                command.run(checked(cfg, command))
+                job.metrics = command.run(checked(cfg, command)) or {}
         except USER_ERRORS as err:
-            user_error(err)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            job.failed(2, "error", " ".join(str(err).split()) or type(err).__name__)
+        except Interrupted as err:  # a signal stops the whole sweep: the cluster or the user wants the machine back
+            console.fail(str(err), err.status, "stopped")
         except RunStopped as err:
-            console.fail(str(err), err.status, "error" if isinstance(err, Diverged) else "stopped")
+            job.failed(err.status, "error" if isinstance(err, Diverged) else "stopped", str(err))
         except SIGTERMException:  # Lightning's own stop, at an epoch end (after that epoch's checkpoint)
             console.fail("stopped by SIGTERM; run the same command again to continue (resume=auto)", 143, "stopped")
+        if not job.in_sweep:
+            if job.status:
+                console.fail(job.message, job.status, job.label)
+            return
+        jobs.append(job)
+        if job.status:  # the sweep goes on; the failure is kept in the job's dir and summed up at the end
+            console.err_console.print(f"[bold red]job {job.number} failed ({job.label}):[/bold red] {job.message}")
+            job.record()
 
     sys.argv = [str(launch.script(name)), *argv]
     hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=name, version_base="1.3")(task)()
+    if jobs:
+        summarise_sweep(jobs)
+
+
+@dataclass
+class Job:
+    """One run of a command: its place in a ``-m`` sweep, its run dir, and how it ended."""
+
+    number: int
+    overrides: list[str]
+    path: Path
+    in_sweep: bool
+    metrics: dict = field(default_factory=dict)
+    status: int = 0
+    label: str = ""
+    message: str = ""
+
+    @classmethod
+    def current(cls) -> Job:
+        hydra_cfg = HydraConfig.get()
+        number = hydra_cfg.job.get("num", 0) or 0
+        return cls(number, list(hydra_cfg.overrides.task), run_dir(), hydra_cfg.mode == RunMode.MULTIRUN)
+
+    def failed(self, status: int, label: str, message: str) -> None:
+        self.status, self.label, self.message = status, label, message
+
+    def record(self) -> None:
+        """``failed.json`` in the run dir: ``sslrun report`` lists the run with it."""
+        record = {"status": self.status, "label": self.label, "message": self.message, "overrides": self.overrides}
+        try:
+            (self.path / FAILED).write_text(json.dumps(record, indent=2) + "\n")
+        except OSError:
+            pass  # the run dir itself may be what failed (a full or vanished disk): the summary still says it
+
+
+SUMMARY_METRICS = ("knn_top1", "linear_top1", "top1", "train_loss")
+
+
+def summarise_sweep(jobs: list[Job]) -> None:
+    """One table of the sweep's jobs (overrides, status, key metrics); a failed job makes the exit status 1."""
+    rows = []
+    for job in jobs:
+        shown = " ".join(o for o in job.overrides if not o.startswith("hydra."))
+        status = "ok" if not job.status else f"{job.label} ({job.status}): {job.message}"
+        values = [f"{job.metrics[k]:.4f}" if isinstance(job.metrics.get(k), float) else "" for k in SUMMARY_METRICS]
+        rows.append([str(job.number), shown, status, *values])
+    console.print_table(f"sweep: {len(jobs)} job(s)", ["job", "overrides", "status", *SUMMARY_METRICS], rows)
+    sweep_dir = os.path.commonpath([str(job.path) for job in jobs]) if len(jobs) > 1 else str(jobs[0].path)
+    console.print_next([shell_join(["sslrun", "report", sweep_dir])])
+    failed = [job for job in jobs if job.status]
+    if failed:
+        console.fail(f"{len(failed)} of {len(jobs)} job(s) failed: {', '.join(str(j.number) for j in failed)}", 1)
+
+
+def shell_join(words: list[str]) -> str:
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def checked(cfg: DictConfig, command: ModuleType) -> DictConfig:

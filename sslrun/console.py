@@ -38,6 +38,15 @@ def print_metrics(metrics: Mapping[str, float | int | str], title: str) -> None:
     console.print(table)
 
 
+def print_table(title: str, columns: list[str], rows: Iterable[list[str]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def print_rows(title: str, rows: Iterable[tuple[str, str, str]]) -> None:
     table = Table(title=title)
     for column in ("kind", "name", "description"):

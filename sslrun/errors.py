@@ -5,6 +5,8 @@ Library code (backbones, data, losses, methods) raises ``ValueError`` or ``TypeE
 fails its schema or its pre-flight checks.
 """
 
+FAILED = "failed.json"  # in the run dir of a job that failed within a sweep: its exit status and its one line
+
 
 class UserError(ValueError):
     """A mistake in the user's input (config, path, data) found by the CLI's checks: one line, exit status 2."""

@@ -3,6 +3,7 @@ turns a ``DataConfig`` into SSL two-view, fine-tuning and evaluation loaders."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
@@ -23,6 +24,8 @@ from sslrun.data.views import TWO_VIEWS, ViewSpec, eval_transform, finetune_view
 
 STAGES = ("pretrain", "finetune")
 SPLIT_SEED = 0  # held-out splits use a fixed seed, independent of the run seed: every method sees the same split
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -187,8 +190,18 @@ class SSLDataModule(pl.LightningDataModule):
             subset = label_subset(split_labels(train), cfg.label_fraction, seed)
             self.splits = replace(self.splits, train=Subset(train, subset.tolist()))
         source = self._train_source
-        if len(source) < cfg.batch_size:
-            at = f" at data.label_fraction={cfg.label_fraction}" if low_shot else ""
+        at = f" at data.label_fraction={cfg.label_fraction}" if low_shot else ""
+        if len(source) < cfg.batch_size and stage == "finetune":  # a probe needs no full batches: a smaller one
+            log.warning(
+                "data.batch_size=%d is larger than the %d training images of data=%s%s: finetuning with batches of %d",
+                cfg.batch_size,
+                len(source),
+                cfg.name,
+                at,
+                len(source),
+            )
+            self.cfg.batch_size = len(source)
+        elif len(source) < cfg.batch_size:
             raise ValueError(
                 f"data.batch_size={cfg.batch_size} is larger than the {len(source)} training images of "
                 f"data={cfg.name}{at}; lower data.batch_size (every training batch is full-sized)"

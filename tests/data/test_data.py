@@ -286,7 +286,7 @@ def test_label_subset_is_seeded_stratified_nested_and_keeps_every_class():
     assert torch.equal(label_subset(labels, 1.0, seed=0), torch.arange(1000))
 
 
-def test_label_fraction_reduces_the_finetune_train_split_only():
+def test_label_fraction_reduces_the_finetune_train_split_only(caplog):
     full = SSLDataModule(data_cfg("digits"), "finetune", seed=0)
     few = SSLDataModule(data_cfg("digits", label_fraction=0.01), "finetune", seed=0)
     train_labels = torch.tensor(labels_of(few.splits.train))
@@ -299,8 +299,12 @@ def test_label_fraction_reduces_the_finetune_train_split_only():
     assert few.splits.train.indices != other.splits.train.indices
     with pytest.raises(ValueError, match="data.label_fraction=0.5 is for sslrun finetune; pretraining uses no labels"):
         SSLDataModule(data_cfg("digits", label_fraction=0.5), "pretrain")
-    with pytest.raises(ValueError, match="larger than the 10 training images of data=digits at data.label_fraction"):
-        SSLDataModule(data_cfg("digits", label_fraction=0.01, batch_size=16), "finetune")
+    with caplog.at_level("WARNING"):  # a probe needs no full batches: a low-shot subset smaller than one still trains
+        small = SSLDataModule(data_cfg("digits", label_fraction=0.01, batch_size=16), "finetune")
+    assert small.cfg.batch_size == 10 and len(small.train_dataloader()) == 1
+    assert (
+        "data.batch_size=16 is larger than the 10 training images of data=digits at data.label_fraction" in caplog.text
+    )
 
 
 def test_split_labels_reads_image_files_without_decoding_them():
