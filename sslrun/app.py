@@ -4,6 +4,7 @@ is composed and validated, so a typo or an unknown name ends in one clear line a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -70,6 +71,38 @@ def sweep_combinations(overrides: list) -> list[list[str]]:
         choices.append([f"{key}={value}" for value in values])
     return [list(combo) for combo in itertools.product(*choices)]
 
+
+SWEPT_KEYS = "SSLRUN_SWEPT_KEYS"
+DIRNAME_MAX = 60
+
+
+def swept_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of the keys a ``-m`` sweep varies (all but ``hydra.*`` when that is not known)."""
+    swept = {k for k in os.environ.get(SWEPT_KEYS, "").split(",") if k}
+    kept = []
+    for item in map(str, overrides):
+        key = item.partition("=")[0]
+        if not key.startswith("hydra.") and (not swept or key.lstrip("+~") in swept):
+            kept.append(item)
+    return kept
+
+
+def job_dirname(overrides: list[str]) -> str:
+    """A sweep job's subdir name after its number: the overrides of the keys the sweep varies (all of them when
+    that is not known), a path value reduced to its last component, and past DIRNAME_MAX characters a short hash.
+    Used as ``${sslrun_dirname:${hydra.overrides.task}}`` in the primary configs."""
+    items = []
+    for item in swept_overrides(overrides):
+        key, _, value = item.partition("=")
+        items.append(f"{key}={Path(value).name if '/' in value else value}")
+    name = ",".join(items)
+    if len(name) > DIRNAME_MAX:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[: DIRNAME_MAX - 9]}~{digest}"
+    return name
+
+
+OmegaConf.register_new_resolver("sslrun_dirname", job_dirname, replace=True)
 
 # The primary configs search ./configs (experiment/, sweep/ files of the working directory); most working directories
 # have none, which Hydra would announce on every run.
@@ -155,13 +188,13 @@ SUMMARY_METRICS = ("knn_top1", "linear_top1", "top1", "train_loss")
 
 def summarise_sweep(jobs: list[Job]) -> None:
     """One table of the sweep's jobs (overrides, status, key metrics); a failed job makes the exit status 1."""
+    metrics = [k for k in SUMMARY_METRICS if any(isinstance(job.metrics.get(k), float) for job in jobs)]
     rows = []
     for job in jobs:
-        shown = " ".join(o for o in job.overrides if not o.startswith("hydra."))
         status = "ok" if not job.status else f"{job.label} ({job.status}): {job.message}"
-        values = [f"{job.metrics[k]:.4f}" if isinstance(job.metrics.get(k), float) else "" for k in SUMMARY_METRICS]
-        rows.append([str(job.number), shown, status, *values])
-    console.print_table(f"sweep: {len(jobs)} job(s)", ["job", "overrides", "status", *SUMMARY_METRICS], rows)
+        values = [f"{job.metrics[k]:.4f}" if isinstance(job.metrics.get(k), float) else "" for k in metrics]
+        rows.append([str(job.number), " ".join(swept_overrides(job.overrides)), status, *values])
+    console.print_table(f"sweep: {len(jobs)} job(s)", ["job", "overrides", "status", *metrics], rows)
     sweep_dir = os.path.commonpath([str(job.path) for job in jobs]) if len(jobs) > 1 else str(jobs[0].path)
     console.print_next([shell_join(["sslrun", "report", sweep_dir])])
     failed = [job for job in jobs if job.status]
@@ -194,6 +227,8 @@ def precheck(name: str, command: ModuleType, overrides: list[str], multirun: boo
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         if multirun:
             parsed = _file_sweep(name, parsed, parser) + parsed
+            swept = sorted(o.key_or_group.lstrip("+~") for o in parsed if o.is_sweep_override())
+            os.environ[SWEPT_KEYS] = ",".join(swept)  # for job_dirname, in this process and the launcher's
         combos = sweep_combinations(parsed) if parsed else [[]]
         loader = GlobalHydra.instance().config_loader()
         groups = set(loader.list_groups(""))
