@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 
 from sslrun.errors import UserError
 
@@ -261,6 +261,7 @@ def validate(cfg: DictConfig, schema: Any) -> DictConfig:
         key = getattr(err, "full_key", None) or "?"
         raise UserError(f"bad value for {key!r}: {err.msg}") from None
     OmegaConf.set_struct(merged, True)
+    check_interpolations(merged)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise UserError(f"missing value for {', '.join(missing)}: pass it as key=value")
@@ -268,6 +269,18 @@ def validate(cfg: DictConfig, schema: Any) -> DictConfig:
     if "trainer" in merged and merged.trainer.sync_batchnorm and merged.trainer.accelerator == "cpu":
         raise UserError("trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm); on CPU set it to false")
     return merged
+
+
+def check_interpolations(cfg: DictConfig) -> None:
+    """UserError naming the key of an interpolation that cannot be resolved (``${oc.env:UNSET}``, a missing key).
+    Hydra's own (``${hydra:...}``) resolve only inside a job and are left to it."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:
+        if "hydra" in str(err).lower():
+            return
+        reason = str(err.msg).splitlines()[0].split("while resolving interpolation: ")[-1].strip("\"'")
+        raise UserError(f"cannot resolve {err.full_key}: {reason}") from None
 
 
 def check_values(node: DictConfig, prefix: str = "") -> None:

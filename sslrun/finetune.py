@@ -59,10 +59,10 @@ def run(cfg: DictConfig) -> dict[str, float | int | str]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = SSLDataModule(cfg.data, stage="finetune", seed=cfg.seed)
     cfg.data = data.cfg
-    record_config(cfg, "finetune")
     config = OmegaConf.to_container(cfg, resolve=True)
     out = run_dir()
     start_from = resume.resolve(cfg.resume, out, "finetune", config)
+    record_config(cfg, "finetune", continuing=start_from is not None)
     if resume.announce(start_from, cfg.trainer):
         return read_metrics(out)
     backbone, backbone_cfg = build_backbone(cfg, data)

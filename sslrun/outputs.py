@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sslrun import console
+
+log = logging.getLogger(__name__)
 
 
 def run_dir() -> Path:
@@ -20,13 +24,25 @@ def run_dir() -> Path:
     return Path.cwd()
 
 
-def record_config(cfg: DictConfig, command: str) -> None:
+def record_config(cfg: DictConfig, command: str, continuing: bool = False) -> None:
     """Print the resolved config tree and store it as ``config.yaml`` in the run dir (``.hydra/config.yaml`` keeps
-    the composed one, ``auto`` values unresolved); once, on the first process of a DDP run."""
+    the composed one, ``auto`` values unresolved); once, on the first process of a DDP run. A run that continues (a
+    resume, or a finished run met again) keeps the ``config.yaml`` it trained with: a re-run whose config differs
+    (in keys allowed to) is written beside it as ``config.rerun-<time>.yaml``, and the log says so."""
     if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
         return  # DDP ranks > 0 are relaunched with LOCAL_RANK set
     console.print_config(cfg, f"sslrun {command}")
-    (run_dir() / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    path = run_dir() / "config.yaml"
+    if continuing and path.is_file():
+        if path.read_text() != text:
+            rerun = path.with_name(f"config.rerun-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+            rerun.write_text(text)
+            log.warning(
+                "kept %s (what the run trained with); this re-run's config, which differs, is in %s", path, rerun
+            )
+        return
+    path.write_text(text)
 
 
 def run_holding(path: Path) -> Path | None:

@@ -38,10 +38,10 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
         cfg.data, stage="pretrain", views=method_cls.view_specs(method_cls.typed_config(cfg.method)), seed=cfg.seed
     )
     cfg.data = data.cfg
-    record_config(cfg, "pretrain")
     config = OmegaConf.to_container(cfg, resolve=True)
     out = run_dir()
     start_from = resume.resolve(cfg.resume, out, "pretrain", config)
+    record_config(cfg, "pretrain", continuing=start_from is not None)
     if resume.announce(start_from, cfg.trainer):
         return read_metrics(out)
     model = method_cls(config, data.channels, data.image_size, data.num_classes)

@@ -128,6 +128,8 @@ def test_every_checked_method_value_is_refused_before_any_work(name):
         ("finetune", "eval.layer=layer9", "eval.layer='layer9' must be one of: last, layer1"),
         ("pretrain", "optim.scale_lr=cubic", "optim.scale_lr='cubic' must be linear, sqrt, none, true or false"),
         ("pretrain", "optim=adam optim.momentum=0.9", "unknown key 'optim.momentum'"),
+        ("pretrain", "data=imagefolder data.root=${oc.env:SSLRUN_NEVER_SET}", "cannot resolve data.root: Environment"),
+        ("pretrain", "optim.lr=${optim.nowhere}", "cannot resolve optim.lr"),
         ("pretrain", "data.views.batched=maybe", "data.views.batched='maybe' must be true, false or auto"),
         ("pretrain", "method.loss_backend=fast", "method.loss_backend='fast' must be one of: auto, triton, chunked"),
         (

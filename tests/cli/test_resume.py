@@ -182,3 +182,18 @@ def test_a_full_finetune_resumes_too(tmp_path):
     log = " ".join((second.stdout + second.stderr).split())
     assert second.returncode == 0 and "resuming from" in log and "1 epochs done" in log, log[-3000:]
     assert run_info(tmp_path / "ft" / "checkpoints" / "last.ckpt")["epochs_done"] == 2
+
+
+def test_a_rerun_never_rewrites_what_the_run_was(tmp_path):
+    """Once, a finished run met again with other (allowed) settings said "already finished" and rewrote its
+    config.yaml with settings it never trained with."""
+    run = tmp_path / "run"
+    status, log = finish(start(run, "data.limit=64", "data.batch_size=16"))
+    assert status == 0, log[-3000:]
+    trained = (run / "config.yaml").read_text()
+    status, log = finish(start(run, "data.limit=64", "data.batch_size=16", "logger=csv", "eval.knn_k=5"))
+    assert status == 0 and "already finished" in log, log[-3000:]
+    assert (run / "config.yaml").read_text() == trained
+    (rerun,) = run.glob("config.rerun-*.yaml")
+    assert "knn_k: 5" in rerun.read_text() and "knn_k: 5" not in trained and rerun.name in " ".join(log.split())
+    assert "${" not in trained  # stored resolved
