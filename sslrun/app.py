@@ -8,7 +8,6 @@ import hashlib
 import itertools
 import json
 import os
-import shlex
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -196,14 +195,10 @@ def summarise_sweep(jobs: list[Job]) -> None:
         rows.append([str(job.number), " ".join(swept_overrides(job.overrides)), status, *values])
     console.print_table(f"sweep: {len(jobs)} job(s)", ["job", "overrides", "status", *metrics], rows)
     sweep_dir = os.path.commonpath([str(job.path) for job in jobs]) if len(jobs) > 1 else str(jobs[0].path)
-    console.print_next([shell_join(["sslrun", "report", sweep_dir])])
+    console.print_next([console.command_line("sslrun", "report", sweep_dir)])
     failed = [job for job in jobs if job.status]
     if failed:
         console.fail(f"{len(failed)} of {len(jobs)} job(s) failed: {', '.join(str(j.number) for j in failed)}", 1)
-
-
-def shell_join(words: list[str]) -> str:
-    return " ".join(shlex.quote(w) for w in words)
 
 
 def checked(cfg: DictConfig, command: ModuleType) -> DictConfig:
@@ -221,7 +216,10 @@ def precheck(name: str, command: ModuleType, overrides: list[str], multirun: boo
     try:
         parsed = parser.parse_overrides(overrides)
     except HydraException as err:
-        raise UserError(f"cannot parse overrides: {str(err).splitlines()[0]}") from None
+        raise UserError(
+            f"cannot parse overrides: {str(err).splitlines()[0]}; a value with spaces or other special characters "
+            "goes in quotes Hydra sees, e.g. \"data.root='/my data/images'\""
+        ) from None
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
     GlobalHydra.instance().clear()
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Iterable, Mapping
 
@@ -60,6 +61,24 @@ def fail(message: str, status: int = 2, label: str = "error") -> None:
     """Print a message on one line and exit with ``status`` (no traceback): 2 for a user error."""
     err_console.print(f"[bold red]{label}:[/bold red] {message}", highlight=False, soft_wrap=True)
     sys.exit(status)
+
+
+HYDRA_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:+~@")
+
+
+def override(key: str, value: object) -> str:
+    """``key=value`` as Hydra's override parser reads it: a value with spaces, non-ASCII or other special characters
+    in Hydra's single quotes."""
+    text = str(value)
+    if text and set(text) <= HYDRA_PLAIN:
+        return f"{key}={text}"
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{key}='{escaped}'"
+
+
+def command_line(*words: str) -> str:
+    """The words as one line a POSIX shell reads back word for word (for the user to paste)."""
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def print_next(commands: Iterable[str]) -> None:

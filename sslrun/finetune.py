@@ -94,7 +94,7 @@ def run(cfg: DictConfig) -> dict[str, float | int | str]:
     if trainer.is_global_zero:
         write_metrics(out, metrics)
         console.print_metrics(metrics, f"finetune results ({out})")
-        console.print_next([f"sslrun report {out}"])
+        console.print_next([console.command_line("sslrun", "report", str(out))])
     return metrics
 
 

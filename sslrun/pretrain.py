@@ -66,8 +66,11 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     if trainer.is_global_zero:
         write_metrics(out, metrics)
         console.print_metrics(metrics, f"pretrain results ({out})")
-        data_keys = f"data={cfg.data.name}" + (f" data.root={cfg.data.root}" if cfg.data.root else "")
-        console.print_next([f"sslrun finetune pretrained={out} mode=linear {data_keys}", f"sslrun report {out}"])
+        data = [console.override("data", cfg.data.name)] + (
+            [console.override("data.root", cfg.data.root)] if cfg.data.root else []
+        )
+        finetune = console.command_line("sslrun", "finetune", console.override("pretrained", out), "mode=linear", *data)
+        console.print_next([finetune, console.command_line("sslrun", "report", str(out))])
     return metrics
 
 

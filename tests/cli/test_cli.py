@@ -2,12 +2,13 @@
 
 import itertools
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers.cli import TINY, assert_user_error, sslrun
+from helpers.cli import SSLRUN, TINY, assert_user_error, sslrun
 
 
 @pytest.fixture(scope="module")
@@ -309,3 +310,23 @@ def test_every_method_pretrains_finetunes_and_exports_through_the_cli(tmp_path):
         exported = torch.load(out, weights_only=True)
         stored = torch.load(tmp_path / "digits" / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         assert exported.keys() == {k[len("backbone.") :] for k in stored if k.startswith("backbone.")}, name
+
+
+def test_odd_paths_work_and_the_printed_commands_paste(tmp_path):
+    """A run dir with a space and a non-ASCII letter: unquoted, one line saying how to quote it; quoted for Hydra,
+    the run works and the commands it prints for the user run as printed."""
+    import os
+    import shlex
+
+    run = tmp_path / "my runs ü" / "pre"
+    assert_user_error(sslrun("pretrain", *TINY, f"hydra.run.dir={run}", cwd=tmp_path), "goes in quotes Hydra sees")
+    proc = sslrun("pretrain", *TINY, f"hydra.run.dir='{run}'", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = proc.stdout.split("next:")[-1].strip().splitlines()
+    finetune, report = (line.strip() for line in printed)
+    assert shlex.split(finetune)[:3] == ["sslrun", "finetune", f"pretrained='{run}'"]
+    env = {**os.environ, "PATH": f"{Path(SSLRUN).parent}{os.pathsep}{os.environ['PATH']}"}
+    tiny = " ".join(shlex.quote(a) for a in ["data.limit=64", "data.batch_size=16", "trainer=debug"])
+    for line in (f"{finetune} {tiny} hydra.run.dir={shlex.quote(str(tmp_path / 'tune'))}", report):
+        pasted = subprocess.run(["bash", "-c", line], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert pasted.returncode == 0, line + "\n" + pasted.stderr[-3000:]
