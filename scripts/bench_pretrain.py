@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,10 +41,13 @@ def config(overrides: list[str]) -> DictConfig:
 
 
 def sslrun_img_per_s(cfg: DictConfig, steps: int, out_dir: str) -> float:
+    """One timed run in a fresh directory of its own under ``out_dir``: a run dir met again would be resumed, and a
+    finished one would return the old run's figure (it once did, to the digit, for every repeat)."""
     overrides = {"trainer": {"max_steps": steps, "max_epochs": -1, "enable_progress_bar": False}}
     cfg = OmegaConf.merge(cfg, overrides)
     cfg.eval.every_n_epochs = 10**6
-    with contextlib.chdir(out_dir):
+    fresh = tempfile.mkdtemp(prefix="repeat-", dir=out_dir)
+    with contextlib.chdir(fresh):
         return pretrain.run(cfg)["img_per_s"]
 
 

@@ -160,6 +160,7 @@ def run_sslrun(args: argparse.Namespace, run_dir: Path) -> tuple[list[str], floa
         f"seed={args.seed}",
         f"trainer.max_epochs={args.epochs}",
         f"hydra.run.dir={run_dir}",
+        "resume=overwrite",  # timed: a finished run met again would return at once and time nothing
         "trainer.enable_progress_bar=false",
     ]
     if args.stem is not None:

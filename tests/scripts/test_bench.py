@@ -1,0 +1,27 @@
+"""Benchmarks measure what they say: every timed sslrun run of scripts/bench_pretrain.py starts fresh."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).parents[2] / "scripts"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import bench_pretrain
+
+    yield bench_pretrain
+    sys.modules.pop("bench_pretrain", None)
+
+
+def test_each_timed_repeat_is_a_new_run(bench, tmp_path):
+    """Once, every repeat after the first found the first one's finished run dir and returned its figure."""
+    cfg = bench.config(["data.limit=64", "data.batch_size=16", "data.num_workers=0", "trainer=debug"])
+    first = bench.sslrun_img_per_s(cfg, 2, str(tmp_path))
+    second = bench.sslrun_img_per_s(cfg, 2, str(tmp_path))
+    runs = sorted(tmp_path.glob("repeat-*"))
+    assert len(runs) == 2 and all((run / "metrics.json").is_file() for run in runs)
+    assert first != second  # two timings of two runs, not one run read back
