@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,7 +211,7 @@ class ProjectorConfig(MethodConfig):
 
 @dataclass
 class RunConfig:
-    """The keys every training command has (``sslrun pretrain`` and ``sslrun finetune``)."""
+    """The keys every training command has (``sslrun pretrain`` and ``sslrun finetune``), declared once."""
 
     backbone: BackboneConfig = MISSING
     data: DataConfig = MISSING
@@ -222,15 +223,24 @@ class RunConfig:
     resume: str = checked("auto", RESUME)
 
 
-@dataclass
-class PretrainConfig(RunConfig):
-    method: MethodConfig = MISSING
+def with_run_keys(name: str, own: list[tuple[str, Any, Any]]) -> type:
+    """A command's schema: its ``own`` fields (name, type, field) first, then ``RunConfig``'s, so its config files
+    and printed trees start with what is particular to the command."""
+    hints = typing.get_type_hints(RunConfig)
+    shared = [
+        (f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
+        for f in dataclasses.fields(RunConfig)
+    ]
+    schema = dataclasses.make_dataclass(name, own + shared)
+    schema.__module__ = __name__
+    return schema
 
 
-@dataclass
-class FinetuneConfig(RunConfig):
-    pretrained: str = "none"
-    mode: str = checked("linear", one_of("linear", "full"))
+PretrainConfig = with_run_keys("PretrainConfig", [("method", MethodConfig, field(default=MISSING))])
+FinetuneConfig = with_run_keys(
+    "FinetuneConfig",
+    [("pretrained", str, field(default="none")), ("mode", str, checked("linear", one_of("linear", "full")))],
+)
 
 
 @dataclass

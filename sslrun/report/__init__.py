@@ -109,7 +109,8 @@ def main(argv: list[str]) -> None:
     else:
         written.append(curves)
     if not args.no_images:
-        written += image_plots(collected.runs, out, args.max_points)
+        finished = [run for run in collected.runs if run.metrics.get("state", "finished") == "finished"]
+        written += image_plots(finished, out, args.max_points)
     console.console.print("[bold]wrote:[/bold]")
     for path in written:
         console.console.print(f"  {escape(str(path))}", highlight=False, soft_wrap=True)

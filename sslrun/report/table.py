@@ -15,7 +15,18 @@ from omegaconf import OmegaConf
 from rich.markup import escape
 from rich.table import Table
 
-HEADLINE = ("knn_top1", "linear_top1", "top1", "top5", "rankme", "train_loss", "img_per_s")  # terminal, many runs
+from sslrun.errors import FAILED
+
+HEADLINE = (
+    "state",
+    "knn_top1",
+    "linear_top1",
+    "top1",
+    "top5",
+    "rankme",
+    "train_loss",
+    "img_per_s",
+)  # terminal, many runs
 MISSING = object()  # a config key a run does not have (e.g. method.* in a finetune run)
 
 
@@ -46,7 +57,8 @@ def _natural(path: Path) -> list[Any]:
 
 
 def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
-    """Every dir holding a metrics.json, under each path in turn (a path may itself be a run), without repeats."""
+    """Every run dir under each path in turn (a path may itself be a run), without repeats: a dir holding a
+    metrics.json, or a run that did not finish (a ``failed.json``, or a checkpoint without metrics)."""
     found: list[Path] = []
     for path in paths:
         if not path.exists():
@@ -57,7 +69,9 @@ def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
             if path.name != "metrics.json":
                 raise ValueError(f"{path} is a file: pass a run dir or a sweep dir written by sslrun pretrain/finetune")
             path = path.parent
-        here = sorted((m.parent for m in path.rglob("metrics.json") if m.is_file()), key=_natural)
+        marks = [*path.rglob("metrics.json"), *path.rglob(FAILED), *path.rglob("checkpoints/last.ckpt")]
+        dirs = {m.parent.parent if m.name == "last.ckpt" else m.parent for m in marks if m.is_file()}
+        here = sorted(dirs, key=_natural)
         if not here:
             raise ValueError(
                 f"no metrics.json under {path}: pass a run dir or a sweep dir written by sslrun pretrain/finetune"
@@ -85,6 +99,17 @@ def read_config(run_dir: Path) -> dict[str, Any]:
             except Exception:  # noqa: BLE001 - an unreadable config only costs its columns
                 return {}
     return {}
+
+
+def unfinished_state(run_dir: Path) -> str | None:
+    """How a run without metrics.json ended: its ``failed.json`` line, or interrupted (a checkpoint, no metrics)."""
+    if (run_dir / "metrics.json").exists():
+        return None
+    try:
+        failure = json.loads((run_dir / FAILED).read_text())
+        return f"failed ({failure.get('status')}): {failure.get('message', '')}"
+    except (OSError, ValueError, AttributeError):
+        return "interrupted (checkpoint kept, no metrics.json): run the same command again to continue"
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
@@ -124,11 +149,15 @@ def label_keys(configs: Sequence[dict[str, Any]], differing: Sequence[str]) -> l
 def collect(paths: Sequence[Path]) -> Collected:
     runs, skipped = [], []
     for run_dir in find_run_dirs(paths):
-        metrics = read_metrics(run_dir)
+        state = unfinished_state(run_dir)
+        metrics = {"state": state} if state else read_metrics(run_dir)
         if metrics is None:
             skipped.append(run_dir)
         else:
             runs.append(Run(run_dir, config=read_config(run_dir), metrics=metrics))
+    if any("state" in run.metrics for run in runs):
+        for run in runs:
+            run.metrics = {"state": "finished", **run.metrics} if "state" not in run.metrics else run.metrics
     if not runs:
         raise ValueError(f"no readable metrics.json under {', '.join(map(str, paths))} ({len(skipped)} unreadable)")
     common = Path(os.path.commonpath([run.path.resolve() for run in runs]))

@@ -75,6 +75,24 @@ def test_broken_metrics_json_is_counted_and_the_rest_reported(tmp_path, capsys):
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0
 
 
+def test_failed_and_interrupted_runs_are_listed_with_their_state(tmp_path):
+    """Once, a report of a sweep with a diverged and an interrupted job said "1 run(s)" and named neither."""
+    make_run(tmp_path / "sweep", "0_done", config("byol", 0.1), {"knn_top1": 0.5})
+    failed = make_run(tmp_path / "sweep", "1_failed", config("byol", 1e30), "{}")
+    (failed / "metrics.json").unlink()
+    (failed / "failed.json").write_text(json.dumps({"status": 3, "message": "training diverged: the loss is nan"}))
+    cut = make_run(tmp_path / "sweep", "2_cut", config("byol", 0.3), "{}")
+    (cut / "metrics.json").unlink()
+    (cut / "checkpoints").mkdir()
+    (cut / "checkpoints" / "last.ckpt").write_bytes(b"not read")
+    main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out"), "--no-images"])
+    with (tmp_path / "out" / "report.csv").open() as file:
+        rows = {row["run"]: row for row in csv.DictReader(file)}
+    assert rows["0_done"]["state"] == "finished" and rows["0_done"]["knn_top1"] == "0.5"
+    assert rows["1_failed"]["state"] == "failed (3): training diverged: the loss is nan"
+    assert rows["2_cut"]["state"].startswith("interrupted") and rows["2_cut"]["knn_top1"] == ""
+
+
 def test_curves_keep_the_last_row_of_a_step_logged_twice(tmp_path):
     path = tmp_path / "metrics.csv"
     rows = ["epoch,knn_top1,step,train_loss", "0,0.3,9,2.0", "1,0.4,19,1.8", "1,0.45,19,1.7", "2,,29,1.6", "x,1,39,1"]
