@@ -89,8 +89,12 @@ class LastCheckpoint(pl.Callback):
             self._previous_handler = signal.signal(signal.SIGINT, self._on_ctrl_c)
 
     def _on_ctrl_c(self, signum: int, frame: Any) -> None:
-        if self._ctrl_c:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
+        if self._ctrl_c:  # a second Ctrl-C: stop at once, with sslrun's line and status (not Lightning's exit 1)
+            raise Interrupted(
+                f"stopped by a second Ctrl-C, without saving; the last checkpoint is kept ({self.path}): run the same "
+                "command again to continue from it",
+                signal.SIGINT,
+            )
         self._ctrl_c = True
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:

@@ -197,3 +197,15 @@ def test_a_rerun_never_rewrites_what_the_run_was(tmp_path):
     (rerun,) = run.glob("config.rerun-*.yaml")
     assert "knn_k: 5" in rerun.read_text() and "knn_k: 5" not in trained and rerun.name in " ".join(log.split())
     assert "${" not in trained  # stored resolved
+
+
+def test_ctrl_c_twice_ends_with_sslruns_line_and_status_130(tmp_path):
+    """Once, a second Ctrl-C ended with Lightning's message alone and exit status 1."""
+    run = tmp_path / "run"
+    proc = start(run)
+    wait_for(run / "checkpoints" / "last.ckpt", proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    status, log = finish(proc)
+    assert status == 130 and "Traceback" not in log and "Detected KeyboardInterrupt" not in log, log[-3000:]
+    assert "stopped by" in log and "run the same command again" in " ".join(log.split())
