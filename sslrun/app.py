@@ -26,7 +26,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from sslrun import console, launch
 from sslrun.config import unknown_key_message, validate
-from sslrun.errors import FAILED, Diverged, Interrupted, RunStopped, UserError
+from sslrun.errors import FAILED, Diverged, Interrupted, MachineFault, RunStopped, UserError, machine_fault
 from sslrun.lock import run_lock
 from sslrun.outputs import run_dir
 from sslrun.registry import unknown_name_message
@@ -133,7 +133,12 @@ def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
         except Interrupted as err:  # a signal stops the whole sweep: the cluster or the user wants the machine back
             console.fail(str(err), err.status, "stopped")
         except RunStopped as err:
-            job.failed(err.status, "error" if isinstance(err, Diverged) else "stopped", str(err))
+            job.failed(err.status, "error" if isinstance(err, Diverged | MachineFault) else "stopped", str(err))
+        except OSError as err:  # the disk: full, read-only, vanished (other OSErrors are bugs: their traceback)
+            fault = machine_fault(err)
+            if fault is None:
+                raise
+            job.failed(fault.status, "error", str(fault))
         except SIGTERMException:  # Lightning's own stop, at an epoch end (after that epoch's checkpoint)
             console.fail("stopped by SIGTERM; run the same command again to continue (resume=auto)", 143, "stopped")
         if not job.in_sweep:

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from sslrun.errors import Interrupted
+from sslrun.errors import Interrupted, MachineFault, machine_fault
 
 RUN_KEY = "sslrun"  # the checkpoint's entry holding command, config, progress and RNG states
 
@@ -31,11 +31,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # one per process, never shared
-        with open(partial, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
+        try:
+            with open(partial, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, path)
+        except OSError as err:
+            partial.unlink(missing_ok=True)  # a full disk is not filled further by a dead half
+            fault = machine_fault(err, str(partial))
+            if fault is None:
+                raise
+            kept = f"; the last good checkpoint is kept: {path}" if path.is_file() else ""
+            raise MachineFault(f"{fault}{kept}") from None
 
 
 def rng_states() -> dict[str, Any]:

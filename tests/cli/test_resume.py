@@ -151,6 +151,29 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_whole(tmp_path, monk
     assert torch.load(path, weights_only=True) == {"step": 1}
 
 
+def test_a_full_disk_is_a_machine_fault_that_leaves_no_partial_file(tmp_path, monkeypatch):
+    """Once, a full disk ended in an OSError traceback and left the partial checkpoint filling the disk."""
+    import errno
+
+    from sslrun.errors import MachineFault
+
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+
+    def disk_full(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(MachineFault) as err:
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert err.value.status == 4 and "No space left on device; free space on its disk" in str(err.value)
+    assert f"the last good checkpoint is kept: {path}" in str(err.value)
+    assert torch.load(path, weights_only=True) == {"step": 1} and list(tmp_path.iterdir()) == [path]
+
+
 def test_an_absurd_learning_rate_ends_with_the_divergence_line_and_a_readable_checkpoint(tmp_path):
     run = tmp_path / "run"
     extra = ["data.limit=64", "data.batch_size=16", "optim=sgd", "optim.lr=1e30", "trainer.checkpoint_every_n_steps=1"]
