@@ -40,7 +40,7 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     cfg.data = data.cfg
     config = OmegaConf.to_container(cfg, resolve=True)
     out = run_dir()
-    start_from = resume.resolve(cfg.resume, out, "pretrain", config)
+    start_from = resume.resolve(cfg.resume, out, "pretrain", config, labelled=data.num_classes > 0)
     record_config(cfg, "pretrain", continuing=start_from is not None)
     if resume.announce(start_from, cfg.trainer):
         return read_metrics(out)

@@ -78,8 +78,11 @@ def last_checkpoint(out_dir: Path) -> Path:
     return out_dir / "checkpoints" / "last.ckpt"
 
 
-def resolve(setting: str, out_dir: Path, command: str, config: dict[str, Any]) -> Resume | None:
-    """The checkpoint this run continues from (None: a fresh start); ValueError where the setting cannot be honoured."""
+def resolve(
+    setting: str, out_dir: Path, command: str, config: dict[str, Any], labelled: bool | None = None
+) -> Resume | None:
+    """The checkpoint this run continues from (None: a fresh start); ValueError where the setting cannot be honoured.
+    ``labelled``: whether this run's data has labels (an online probe), which the checkpoint must match."""
     last = last_checkpoint(out_dir)
     if setting == "overwrite":
         return None
@@ -93,7 +96,17 @@ def resolve(setting: str, out_dir: Path, command: str, config: dict[str, Any]) -
     path = last if setting == "auto" else Path(setting).expanduser()
     if not path.is_file():
         return None
-    info = read_run_info(path)
+    ckpt = read_checkpoint(path)
+    info = run_info_of(ckpt, path)
+    if labelled is not None:
+        probe = any(str(key).startswith("probe.") for key in ckpt.get("state_dict", {}))
+        if probe != labelled:
+            had, has = ("labels", "none") if probe else ("no labels", "labels")
+            raise ValueError(
+                f"cannot resume from {path}: it was trained on data with {had} (the online probe follows them) and "
+                f"this run's data has {has} (data.root={config.get('data', {}).get('root')}); use data of the same "
+                "kind, or start fresh with resume=never and another hydra.run.dir"
+            )
     if info.get("command") != command:
         raise ValueError(f"{path} was not written by sslrun {command}; pass resume=never with another hydra.run.dir")
     differ = differing(info["config"], config)
@@ -108,7 +121,10 @@ def resolve(setting: str, out_dir: Path, command: str, config: dict[str, Any]) -
 
 
 def read_run_info(path: Path) -> dict[str, Any]:
-    ckpt = read_checkpoint(path)
+    return run_info_of(read_checkpoint(path), path)
+
+
+def run_info_of(ckpt: Any, path: Path) -> dict[str, Any]:
     info = ckpt.get(RUN_KEY) if isinstance(ckpt, dict) else None
     if not isinstance(info, dict):
         raise ValueError(f"{path} holds no sslrun run state (written by another tool or an older sslrun); resume=never")

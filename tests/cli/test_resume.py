@@ -221,3 +221,16 @@ def test_ctrl_c_twice_ends_with_sslruns_line_and_status_130(tmp_path):
     status, log = finish(proc)
     assert status == 130 and "Traceback" not in log and "Detected KeyboardInterrupt" not in log, log[-3000:]
     assert "stopped by" in log and "run the same command again" in " ".join(log.split())
+
+
+def test_a_resume_that_would_change_what_the_checkpoint_holds_is_refused(tmp_path):
+    """Once, resuming after data.root moved from a labelled to an unlabelled folder ended in a state_dict traceback."""
+    from sslrun.resume import resolve
+
+    config = {"data": {"root": "/new/folder"}, "seed": 0}
+    state = {"backbone.w": torch.zeros(1), "probe.head.weight": torch.zeros(1)}
+    info = {"command": "pretrain", "config": config, "epochs_done": 1, "step": 4, "mid_epoch": False}
+    AtomicCheckpointIO().save_checkpoint({"state_dict": state, RUN_KEY: info}, tmp_path / "checkpoints" / "last.ckpt")
+    assert resolve("auto", tmp_path, "pretrain", config, labelled=True).step == 4
+    with pytest.raises(ValueError, match="trained on data with labels .* this run's data has none .*/new/folder"):
+        resolve("auto", tmp_path, "pretrain", config, labelled=False)
