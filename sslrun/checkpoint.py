@@ -20,6 +20,7 @@ class Pretrained:
     in_channels: int
     image_size: int
     backbone_state: dict[str, torch.Tensor]
+    normalization: dict | None = None  # {"mean": [...], "std": [...]} of pixels in [0, 1]; None in older checkpoints
 
 
 def resolve_path(pretrained: str) -> Path:
@@ -51,4 +52,5 @@ def load_pretrained(pretrained: str) -> Pretrained:
     if "cfg" not in hparams or not any(k.startswith(BACKBONE_PREFIX) for k in state):
         raise ValueError(f"{path} is not an sslrun pretrain checkpoint (no backbone weights or config in it)")
     backbone_state = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
-    return Pretrained(path, hparams["cfg"], int(hparams["in_channels"]), int(hparams["image_size"]), backbone_state)
+    sizes = int(hparams["in_channels"]), int(hparams["image_size"])
+    return Pretrained(path, hparams["cfg"], *sizes, backbone_state, hparams.get("normalization"))

@@ -63,6 +63,16 @@ def check(cfg: DictConfig) -> None:
     check_writable_output(Path(cfg.out).expanduser(), "out", cfg.overwrite)
 
 
+def input_metadata(ckpt) -> dict[str, str]:
+    """What the encoder expects as input: channel order and the normalisation of pixels scaled to [0, 1]
+    (``(x - mean) / std`` per channel); empty for a checkpoint written before sslrun recorded it."""
+    order = {1: "grayscale", 3: "RGB"}.get(ckpt.in_channels, f"{ckpt.in_channels} channels")
+    if not ckpt.normalization:
+        return {"channel_order": order}
+    mean, std = (",".join(f"{v:.6g}" for v in ckpt.normalization[k]) for k in ("mean", "std"))
+    return {"channel_order": order, "input_mean": mean, "input_std": std}
+
+
 def write_atomically(out: Path, write) -> None:
     """``write(path)`` into a temporary file beside ``out``, then renamed onto it: ``out`` is whole or untouched."""
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
@@ -96,6 +106,7 @@ def run(cfg: DictConfig) -> dict[str, str | int]:
             "method": str(ckpt.config["method"]["name"]),
             "pretrained": str(ckpt.path.resolve()),
             "load": recipe,
+            **input_metadata(ckpt),
         }
         # save_file refuses tensors that share memory or are not contiguous: each gets its own contiguous copy
         contiguous = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
@@ -109,6 +120,7 @@ def run(cfg: DictConfig) -> dict[str, str | int]:
         "in_channels": ckpt.in_channels,
         "feature_dim": backbone.feature_dim,
         "load": recipe,
+        **input_metadata(ckpt),
     }
     console.print_metrics(summary, "exported backbone")
     return summary

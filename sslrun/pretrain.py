@@ -44,7 +44,8 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     record_config(cfg, "pretrain", continuing=start_from is not None)
     if resume.announce(start_from, cfg.trainer):
         return read_metrics(out)
-    model = method_cls(config, data.channels, data.image_size, data.num_classes)
+    normalization = {"mean": list(data.splits.mean), "std": list(data.splits.std)}
+    model = method_cls(config, data.channels, data.image_size, data.num_classes, normalization)
     throughput = Throughput()
     knn = KNNMonitor(cfg.eval.knn_k, cfg.eval.knn_temperature, cfg.eval.every_n_epochs, cfg.trainer.channels_last)
     grids = ImageGrids(out, cfg.eval.every_n_epochs)

@@ -72,9 +72,17 @@ class SSLMethod(pl.LightningModule):
     views: Sequence[ViewSpec] = TWO_VIEWS  # what ``view_specs`` returns unless a method's views depend on its config
     optimizer_steps_per_batch = 1  # optimizers stepped per batch (two-player methods: 2)
 
-    def __init__(self, cfg: dict[str, Any], in_channels: int, image_size: int, num_classes: int) -> None:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        in_channels: int,
+        image_size: int,
+        num_classes: int,
+        normalization: dict | None = None,
+    ) -> None:
         """Plumbing, not for methods to override: ``cfg`` is the whole resolved run config as plain containers (it is
-        stored in the checkpoint, with the data's channels and image size, to rebuild the model for export)."""
+        stored in the checkpoint, with the data's channels, image size and input ``normalization`` (per-channel mean
+        and std of the pixels in [0, 1]), to rebuild the model and describe its input for export)."""
         super().__init__()
         self.save_hyperparameters()
         self.run_config: DictConfig = OmegaConf.create(cfg)

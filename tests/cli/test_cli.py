@@ -120,7 +120,9 @@ def test_export_writes_torch_or_safetensors_by_the_suffix_of_out(pretrain_run, t
     assert metadata["backbone"] == "convnet" and metadata["width"] == "0.25" and metadata["feature_dim"] == "64"
     assert metadata["in_channels"] == "1" and metadata["image_size"] == "32" and metadata["method"] == "contrastive"
     assert metadata["pretrained"] == str((pretrain_run / "checkpoints" / "last.ckpt").resolve())
-    assert {"stem", "load"} <= metadata.keys()
+    assert {"stem", "load"} <= metadata.keys() and metadata["channel_order"] == "grayscale"
+    mean, std = float(metadata["input_mean"]), float(metadata["input_std"])
+    assert 0 < mean < 1 and 0 < std < 1  # of pixels in [0, 1], as the encoder was trained on them
     assert_user_error(sslrun("export", f"out={files['torch']}", cwd=tmp_path), "missing value for pretrained")
     bogus = sslrun("export", f"pretrained={pretrain_run}", "format=bogus", cwd=tmp_path)
     assert_user_error(bogus, "format='bogus' must be one of: auto, safetensors, torch")
