@@ -203,6 +203,22 @@ def discover(root: Path, val_fraction: float) -> tuple[list[tuple[str, int]], li
     )
 
 
+DEGENERATE_MIN_SIDE, DEGENERATE_MEDIAN_FRACTION = 8, 1 / 8
+
+
+def report_degenerate(samples: list[tuple[str, int]], short_sides: list[int]) -> int:
+    """Count and name (up to 3) the images whose short side is under 8 px or under 1/8 of the median: they are kept,
+    squared up to the run's size like the rest, but are usually thumbnails or broken exports worth a look."""
+    if not short_sides:
+        return 0
+    floor = max(DEGENERATE_MIN_SIDE, median(short_sides) * DEGENERATE_MEDIAN_FRACTION)
+    small = [(path, side) for (path, _), side in zip(samples, short_sides, strict=True) if side < floor]
+    if small:
+        shown = ", ".join(f"{path} ({side} px)" for path, side in small[:3]) + (" ..." if len(small) > 3 else "")
+        log.warning("data=imagefolder: %d degenerate image(s), short side under %.0f px: %s", len(small), floor, shown)
+    return len(small)
+
+
 def auto_size(short_sides: list[int]) -> int:
     low, high = AUTO_SIZE_BOUNDS
     return int(min(high, max(low, round(median(short_sides) / 8) * 8)))
@@ -232,6 +248,7 @@ def imagefolder(cfg: DataConfig) -> Splits:
     is_train = [i < len(train) for i in kept]
     samples = [samples[i] for i in kept]
     channels = 1 if headers and all(h.gray for h in headers) else 3
+    report_degenerate(samples, [h.short_side for h in headers])
     size = parse_image_size(cfg.image_size) or (auto_size([h.short_side for h in headers]) if headers else 32)
     footprint_mb = len(samples) * channels * size * size / 2**20
     cache = cfg.cache == "ram" or (cfg.cache == "auto" and footprint_mb <= cfg.cache_max_mb)

@@ -192,3 +192,19 @@ def test_layout_mistakes_say_what_is_missing(tmp_path, layout, expected):
     assert expected in message and "ROOT/train/<class>" in message and "\n" not in message
     if layout != "no_root":
         assert str(root) in message
+
+
+def test_degenerate_images_are_counted_and_named(tmp_path, caplog):
+    """Once, a 1x1 image was accepted silently among 64 px ones."""
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (64, 64), (i, i, i)).save(tmp_path / split / "a" / f"{i}.png")
+    Image.new("RGB", (1, 1)).save(tmp_path / "train" / "a" / "dot.png")
+    Image.new("RGB", (64, 6)).save(tmp_path / "train" / "a" / "strip.png")
+    with caplog.at_level(logging.WARNING):
+        splits = DATASETS.get("imagefolder")(cfg(tmp_path))
+    assert len(splits.train) == 6  # kept: the log says what to look at
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert "2 degenerate image(s), short side under 8 px" in warning and "dot.png (1 px)" in warning
+    assert "strip.png (6 px)" in warning and "0.png" not in warning
