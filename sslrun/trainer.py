@@ -26,6 +26,33 @@ class _QuietLightning(logging.Filter):
 
 
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_QuietLightning())
+
+
+class _LogFileOnly(logging.Filter):
+    """Lightning's start-up and stop notes (accelerators found, AMP, batches, "fit stopped") below WARNING: kept in
+    the run's log file, not shown in the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(("pytorch_lightning", "lightning"))
+
+
+def route_lightning_notes_to_the_log_file() -> None:
+    """Lightning gives its logger a terminal handler of its own when it is imported before logging is configured;
+    under Hydra the run's handlers (terminal and log file) exist by now: Lightning's records go through them, and
+    the terminal's drops the notes."""
+    lightning = logging.getLogger("pytorch_lightning")
+    root = logging.getLogger()
+    if not root.handlers:
+        return  # outside a configured run (tests, scripts): Lightning's own handler stays
+    for handler in list(lightning.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning.removeHandler(handler)
+    lightning.propagate = True
+    for handler in root.handlers:
+        if type(handler) is logging.StreamHandler and not any(isinstance(f, _LogFileOnly) for f in handler.filters):
+            handler.addFilter(_LogFileOnly())
+
+
 # Noise about Lightning's own internals, or about epochs shorter than the logging interval on small datasets.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
@@ -70,6 +97,7 @@ def build_trainer(
     Lightning validation loop runs only with ``validate`` (pretraining evaluates through the kNN monitor instead).
     With ``manual_optimization`` (two-player methods) the model clips its own gradients and DDP looks for unused
     parameters."""
+    route_lightning_notes_to_the_log_file()
     path = last_checkpoint(out_dir)
     checkpoint = LastCheckpoint(path, command, run_config, cfg.checkpoint_every_n_steps, cfg.checkpoint_every_n_minutes)
     extra: list[Callback] = [DivergenceGuard(path), checkpoint]
@@ -91,7 +119,7 @@ def build_trainer(
         sync_batchnorm=cfg.sync_batchnorm,
         deterministic=cfg.deterministic,
         enable_progress_bar=cfg.enable_progress_bar,
-        enable_model_summary=cfg.enable_progress_bar,
+        enable_model_summary=False,  # a table per run; the parameter count is in sslrun report's data
         default_root_dir=out_dir,
         logger=build_loggers(logger_cfg, out_dir) or False,
         callbacks=[*callbacks, *extra],

@@ -332,3 +332,11 @@ def test_odd_paths_work_and_the_printed_commands_paste(tmp_path):
     for line in (f"{finetune} {tiny} hydra.run.dir={shlex.quote(str(tmp_path / 'tune'))}", report):
         pasted = subprocess.run(["bash", "-c", line], capture_output=True, text=True, cwd=tmp_path, env=env)
         assert pasted.returncode == 0, line + "\n" + pasted.stderr[-3000:]
+
+
+def test_lightnings_start_up_notes_go_to_the_log_file_not_the_terminal(tmp_path):
+    proc = sslrun("pretrain", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for note in ("GPU available", "TPU available", "Trainable params"):
+        assert note not in proc.stdout + proc.stderr, note
+    assert "GPU available" in (tmp_path / "run" / "pretrain.log").read_text()
