@@ -5,10 +5,13 @@ time spent before the step starts (loading, collating, moving and augmenting the
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import pytorch_lightning as pl
 
 from sslrun.optim import run_steps
+
+ETA_WINDOW = 50  # optimizer steps the ETA's pace is measured over: recent, so a change of load shows within minutes
 
 
 class Throughput(pl.Callback):
@@ -18,7 +21,7 @@ class Throughput(pl.Callback):
         self.data_seconds = 0.0
         self._waited = 0.0
         self._last: float | None = None
-        self._fit_start: float | None = None
+        self._marks: deque[tuple[int, float]] = deque(maxlen=ETA_WINDOW + 1)  # (optimizer steps done, time)
 
     @property
     def img_per_s(self) -> float:
@@ -30,15 +33,23 @@ class Throughput(pl.Callback):
         return self.data_seconds / self.seconds if self.seconds else 0.0
 
     def eta_seconds(self, trainer: pl.Trainer) -> float | None:
-        """Seconds left in the whole run at the pace so far (steps and evaluations alike)."""
-        k = getattr(trainer.lightning_module, "optimizer_steps_per_batch", 1)  # two-player methods step twice
-        done, total = trainer.global_step // k, run_steps(trainer, k)
-        if self._fit_start is None or done == 0 or total == float("inf"):
+        """Seconds left in the whole run at the pace of the last ``ETA_WINDOW`` steps (their evaluations included)."""
+        done, total = self._done(trainer), run_steps(trainer, self._per_batch(trainer))
+        if not self._marks or total == float("inf") or done <= self._marks[0][0]:
             return None
-        return (time.perf_counter() - self._fit_start) / done * max(0, total - done)
+        first_done, first_time = self._marks[0]
+        return (time.perf_counter() - first_time) / (done - first_done) * max(0, total - done)
+
+    @staticmethod
+    def _per_batch(trainer: pl.Trainer) -> int:
+        return getattr(trainer.lightning_module, "optimizer_steps_per_batch", 1)  # two-player methods step twice
+
+    def _done(self, trainer: pl.Trainer) -> int:
+        return trainer.global_step // self._per_batch(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._fit_start = time.perf_counter()
+        self._marks.clear()
+        self._marks.append((self._done(trainer), time.perf_counter()))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = None
@@ -55,6 +66,8 @@ class Throughput(pl.Callback):
             self.data_seconds += self._waited
             pl_module.log("img_per_s", self.img_per_s, prog_bar=True, on_step=True, on_epoch=False)
         self._last = now
+        if self._marks and self._done(trainer) > self._marks[-1][0]:
+            self._marks.append((self._done(trainer), now))
 
 
 def _batch_size(batch) -> int:

@@ -32,6 +32,24 @@ def test_data_share_and_eta_follow_the_step_timeline(monkeypatch):
     assert cb.eta_seconds(trainer) == pytest.approx(6.0 / 3 * 7)
 
 
+def test_the_eta_follows_the_recent_pace(monkeypatch):
+    """Once, the ETA averaged over the whole run and stayed wrong for long after the machine's load changed."""
+    now = [0.0]
+    monkeypatch.setattr(throughput_module.time, "perf_counter", lambda: now[0])
+    module = SimpleNamespace(log=lambda *a, **k: None)
+    trainer = SimpleNamespace(
+        world_size=1, global_step=0, estimated_stepping_batches=1000, max_steps=-1, lightning_module=module
+    )
+    batch = (torch.zeros(4, 1), torch.zeros(4))
+    cb = Throughput()
+    cb.on_train_start(trainer, module)
+    for step in range(400):
+        now[0] += 10.0 if step < 200 else 1.0  # a slow start, then ten times faster
+        trainer.global_step += 1
+        cb.on_train_batch_end(trainer, module, None, batch, step)
+    assert cb.eta_seconds(trainer) == pytest.approx(600 * 1.0)  # 600 steps left at the recent 1 s a step
+
+
 def test_rankme_counts_the_used_dimensions():
     torch.manual_seed(0)
     full = torch.randn(512, 8)
