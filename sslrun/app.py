@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import itertools
 import json
 import os
@@ -22,7 +23,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from sslrun import console, launch
 from sslrun.config import unknown_key_message, validate
@@ -108,12 +108,15 @@ OmegaConf.register_new_resolver("sslrun_dirname", job_dirname, replace=True)
 warnings.filterwarnings("ignore", message=r"provider=hydra.searchpath in main, path=configs is not available")
 
 
-def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
-    """``command`` provides ``schema(cfg) -> dataclass instance`` and ``run(cfg) -> dict``, and may provide
+def run_command(name: str, command: ModuleType | str, argv: list[str]) -> None:
+    """``command`` (a module, or its name: imported only when the command runs or is checked, so ``--help`` answers
+    without importing torch) provides ``schema(cfg) -> dataclass instance`` and ``run(cfg) -> dict``, and may provide
     ``check(cfg)`` (checks across keys); ``run`` shows the config with ``outputs.record_config`` once its ``auto``
     values are resolved."""
     args, _ = hydra_arguments().parse_known_args(argv)
     if not (args.help or args.hydra_help or args.version or args.info or args.shell_completion):
+        if isinstance(command, str):
+            command = importlib.import_module(command)
         try:
             precheck(name, command, args.overrides, multirun=args.multirun)
         except USER_ERRORS as err:
@@ -122,6 +125,11 @@ def run_command(name: str, command: ModuleType, argv: list[str]) -> None:
     jobs: list[Job] = []
 
     def task(cfg: DictConfig) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        nonlocal command
+        if isinstance(command, str):
+            command = importlib.import_module(command)
         job = Job.current()
         try:
             with run_lock(run_dir()):

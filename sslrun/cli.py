@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     elif name in HYDRA_COMMANDS:
         from sslrun.app import run_command
 
-        run_command(name, importlib.import_module(f"sslrun.{name}"), rest)
+        run_command(name, f"sslrun.{name}", rest)  # imported only when it runs: --help answers at once
     else:
         console.fail(unknown_name_message("command", name, sorted([*HYDRA_COMMANDS, *PLAIN_COMMANDS])))
 

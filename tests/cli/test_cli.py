@@ -3,6 +3,7 @@
 import itertools
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,20 @@ def test_lightnings_start_up_notes_go_to_the_log_file_not_the_terminal(tmp_path)
     for note in ("GPU available", "TPU available", "Trainable params"):
         assert note not in proc.stdout + proc.stderr, note
     assert "GPU available" in (tmp_path / "run" / "pretrain.log").read_text()
+
+
+def test_help_answers_without_importing_torch():
+    """Every command once took 5-6 s to start, --help too: torch and Lightning were imported first."""
+    probe = (
+        "import sys\n"
+        "from sslrun.cli import main\n"
+        "for argv in (['--help'], ['pretrain', '--help'], ['finetune', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('imported:', sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "imported: []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Configuration groups" in proc.stdout
