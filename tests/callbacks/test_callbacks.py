@@ -9,17 +9,25 @@ from sslrun.callbacks import throughput as throughput_module
 from sslrun.callbacks.throughput import Throughput
 from sslrun.eval.features import rankme
 
+BATCH = (torch.zeros(4, 1), torch.zeros(4))
+
+
+def started(steps: int) -> tuple[Throughput, SimpleNamespace, SimpleNamespace]:
+    """A Throughput callback started on a stand-in trainer of ``steps`` optimizer steps, one per batch."""
+    module = SimpleNamespace(log=lambda *a, **k: None)
+    trainer = SimpleNamespace(
+        world_size=1, global_step=0, estimated_stepping_batches=steps, max_steps=-1, lightning_module=module
+    )
+    cb = Throughput()
+    cb.on_train_start(trainer, module)
+    return cb, trainer, module
+
 
 def test_data_share_and_eta_follow_the_step_timeline(monkeypatch):
     clock = iter([0.0, 1.0, 1.5, 3.0, 3.5, 5.5])  # fit start, end of batch 0, then (start, end) of batches 1 and 2
     monkeypatch.setattr(throughput_module.time, "perf_counter", lambda: next(clock))
-    module = SimpleNamespace(log=lambda *a, **k: None)
-    trainer = SimpleNamespace(
-        world_size=1, global_step=0, estimated_stepping_batches=10, max_steps=-1, lightning_module=module
-    )
-    batch = (torch.zeros(4, 1), torch.zeros(4))
-    cb = Throughput()
-    cb.on_train_start(trainer, module)
+    cb, trainer, module = started(10)
+    batch = BATCH
     cb.on_train_epoch_start(trainer, module)
     for i in range(3):
         cb.on_train_batch_start(trainer, module, batch, i)
@@ -36,17 +44,11 @@ def test_the_eta_follows_the_recent_pace(monkeypatch):
     """Once, the ETA averaged over the whole run and stayed wrong for long after the machine's load changed."""
     now = [0.0]
     monkeypatch.setattr(throughput_module.time, "perf_counter", lambda: now[0])
-    module = SimpleNamespace(log=lambda *a, **k: None)
-    trainer = SimpleNamespace(
-        world_size=1, global_step=0, estimated_stepping_batches=1000, max_steps=-1, lightning_module=module
-    )
-    batch = (torch.zeros(4, 1), torch.zeros(4))
-    cb = Throughput()
-    cb.on_train_start(trainer, module)
+    cb, trainer, module = started(1000)
     for step in range(400):
         now[0] += 10.0 if step < 200 else 1.0  # a slow start, then ten times faster
         trainer.global_step += 1
-        cb.on_train_batch_end(trainer, module, None, batch, step)
+        cb.on_train_batch_end(trainer, module, None, BATCH, step)
     assert cb.eta_seconds(trainer) == pytest.approx(600 * 1.0)  # 600 steps left at the recent 1 s a step
 
 
