@@ -36,11 +36,12 @@ CONFIG_MODULE = "sslrun.configs"
 USER_ERRORS = (UserError, ValueError, TypeError)
 
 
-def user_error(err: Exception) -> None:
-    """One line and exit status 2; the traceback too with ``HYDRA_FULL_ERROR=1`` (Hydra's switch for the same)."""
+def one_line(err: Exception) -> str:
+    """A user error's message on one line; with ``HYDRA_FULL_ERROR=1`` (Hydra's switch) the error is raised again, so
+    its traceback shows."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise err
-    console.fail(" ".join(str(err).split()) or type(err).__name__)
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def hydra_arguments() -> argparse.ArgumentParser:
@@ -120,24 +121,19 @@ def run_command(name: str, command: ModuleType | str, argv: list[str]) -> None:
         try:
             precheck(name, command, args.overrides, multirun=args.multirun)
         except USER_ERRORS as err:
-            user_error(err)
+            console.fail(one_line(err))
 
     jobs: list[Job] = []
 
     def task(cfg: DictConfig) -> None:
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-        nonlocal command
-        if isinstance(command, str):
-            command = importlib.import_module(command)
-        job = Job.current()
+        job = Job.current()  # ``command`` is a module by now: Hydra runs a job only past the pre-flight above
         try:
             with run_lock(run_dir()):
                 job.metrics = command.run(checked(cfg, command)) or {}
         except USER_ERRORS as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            job.failed(2, "error", " ".join(str(err).split()) or type(err).__name__)
+            job.failed(2, "error", one_line(err))
         except Interrupted as err:  # a signal stops the whole sweep: the cluster or the user wants the machine back
             console.fail(str(err), err.status, "stopped")
         except RunStopped as err:

@@ -121,9 +121,7 @@ class OptimConfig:
 
     name: str = MISSING
     lr: float = checked(0.3, POSITIVE)
-    scale_lr: Any = checked(
-        "linear", Rule(lambda v: v in ("linear", "sqrt", "none", True, False), "linear, sqrt, none, true or false")
-    )
+    scale_lr: Any = checked("linear", LR_SCALING)
     weight_decay: float = checked(1e-6, NON_NEGATIVE)
     exclude_bias_and_norm: bool = True
     warmup_epochs: Any = checked("auto", or_auto(NON_NEGATIVE))

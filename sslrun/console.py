@@ -49,12 +49,7 @@ def print_table(title: str, columns: list[str], rows: Iterable[list[str]]) -> No
 
 
 def print_rows(title: str, rows: Iterable[tuple[str, str, str]]) -> None:
-    table = Table(title=title)
-    for column in ("kind", "name", "description"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    print_table(title, ["kind", "name", "description"], rows)
 
 
 def fail(message: str, status: int = 2, label: str = "error") -> None:

@@ -12,12 +12,11 @@ its ``conv1`` (and ``maxpool``) become ours. The summary printed after export sp
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from sslrun import console
@@ -25,7 +24,7 @@ from sslrun.backbones import BACKBONES
 from sslrun.backbones.resnet import ResNet
 from sslrun.checkpoint import load_pretrained
 from sslrun.config import ExportConfig, backbone_config
-from sslrun.outputs import check_writable_output, record_config
+from sslrun.outputs import check_writable_output, record_config, write_atomically
 
 
 def schema(cfg: DictConfig) -> ExportConfig:
@@ -73,16 +72,6 @@ def input_metadata(ckpt) -> dict[str, str]:
     return {"channel_order": order, "input_mean": mean, "input_std": std}
 
 
-def write_atomically(out: Path, write) -> None:
-    """``write(path)`` into a temporary file beside ``out``, then renamed onto it: ``out`` is whole or untouched."""
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
-        write(partial)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def run(cfg: DictConfig) -> dict[str, str | int]:
     record_config(cfg, "export")
     out = Path(cfg.out).expanduser()
@@ -110,9 +99,9 @@ def run(cfg: DictConfig) -> dict[str, str | int]:
         }
         # save_file refuses tensors that share memory or are not contiguous: each gets its own contiguous copy
         contiguous = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
-        write_atomically(out, lambda path: save_file(contiguous, path, metadata))
+        write_atomically(out, lambda f: f.write(safetensors_bytes(contiguous, metadata)))
     else:
-        write_atomically(out, lambda path: torch.save(state, path))
+        write_atomically(out, lambda f: torch.save(state, f))
     summary = {
         "out": str(out),
         "format": file_format,

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sslrun.errors import UserError
+from sslrun.outputs import is_first_process
 
 LOCK = ".sslrun.lock"
 log = logging.getLogger(__name__)
@@ -31,10 +32,6 @@ def holder_record() -> dict:
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()),
         "job": os.environ.get("SLURM_JOB_ID"),
     }
-
-
-def is_first_process() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def _alive(pid: int) -> bool:

@@ -6,8 +6,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -24,13 +25,19 @@ def run_dir() -> Path:
     return Path.cwd()
 
 
+def is_first_process() -> bool:
+    """The first process of a run: DDP ranks after the first are relaunched with LOCAL_RANK set, later nodes have
+    NODE_RANK."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
 def record_config(cfg: DictConfig, command: str, continuing: bool = False) -> None:
     """Print the resolved config tree and store it as ``config.yaml`` in the run dir (``.hydra/config.yaml`` keeps
     the composed one, ``auto`` values unresolved); once, on the first process of a DDP run. A run that continues (a
     resume, or a finished run met again) keeps the ``config.yaml`` it trained with: a re-run whose config differs
     (in keys allowed to) is written beside it as ``config.rerun-<time>.yaml``, and the log says so."""
-    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
-        return  # DDP ranks > 0 are relaunched with LOCAL_RANK set
+    if not is_first_process():
+        return
     console.print_config(cfg, f"sslrun {command}")
     text = OmegaConf.to_yaml(cfg, resolve=True)
     path = run_dir() / "config.yaml"
@@ -43,6 +50,21 @@ def record_config(cfg: DictConfig, command: str, continuing: bool = False) -> No
             )
         return
     path.write_text(text)
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(file)`` into a temporary file beside ``path`` (one per process), flushed to disk, then renamed onto
+    ``path``: the file is whole or untouched, and the temporary one never outlives a failure (a full disk is not
+    filled further by a dead half)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def run_holding(path: Path) -> Path | None:

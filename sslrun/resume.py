@@ -120,10 +120,6 @@ def resolve(
     return Resume(path, int(info["epochs_done"]), int(info["step"]), bool(info["mid_epoch"]))
 
 
-def read_run_info(path: Path) -> dict[str, Any]:
-    return run_info_of(read_checkpoint(path), path)
-
-
 def run_info_of(ckpt: Any, path: Path) -> dict[str, Any]:
     info = ckpt.get(RUN_KEY) if isinstance(ckpt, dict) else None
     if not isinstance(info, dict):

@@ -119,7 +119,7 @@ def build_trainer(
         sync_batchnorm=cfg.sync_batchnorm,
         deterministic=cfg.deterministic,
         enable_progress_bar=cfg.enable_progress_bar,
-        enable_model_summary=False,  # a table per run; the parameter count is in sslrun report's data
+        enable_model_summary=False,  # a whole table in the terminal at every start
         default_root_dir=out_dir,
         logger=build_loggers(logger_cfg, out_dir) or False,
         callbacks=[*callbacks, *extra],

@@ -6,7 +6,6 @@ epoch-end checkpoint draws the same batches and augmentations as one never inter
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading
@@ -20,6 +19,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from sslrun.errors import Interrupted, MachineFault, machine_fault
+from sslrun.outputs import write_atomically
 
 RUN_KEY = "sslrun"  # the checkpoint's entry holding command, config, progress and RNG states
 
@@ -30,16 +30,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # one per process, never shared
         try:
-            with open(partial, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
+            write_atomically(path, lambda f: torch.save(checkpoint, f))
         except OSError as err:
-            partial.unlink(missing_ok=True)  # a full disk is not filled further by a dead half
-            fault = machine_fault(err, str(partial))
+            fault = machine_fault(err, str(path))
             if fault is None:
                 raise
             kept = f"; the last good checkpoint is kept: {path}" if path.is_file() else ""

@@ -69,8 +69,12 @@ def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
             if path.name != "metrics.json":
                 raise ValueError(f"{path} is a file: pass a run dir or a sweep dir written by sslrun pretrain/finetune")
             path = path.parent
-        marks = [*path.rglob("metrics.json"), *path.rglob(FAILED), *path.rglob("checkpoints/last.ckpt")]
-        dirs = {m.parent.parent if m.name == "last.ckpt" else m.parent for m in marks if m.is_file()}
+        dirs = set()
+        for mark in path.rglob("*"):  # one walk: a run dir holds one of these marks
+            if mark.name in ("metrics.json", FAILED) and mark.is_file():
+                dirs.add(mark.parent)
+            elif mark.name == "last.ckpt" and mark.parent.name == "checkpoints" and mark.is_file():
+                dirs.add(mark.parent.parent)
         here = sorted(dirs, key=_natural)
         if not here:
             raise ValueError(

@@ -34,24 +34,13 @@ def test_the_docs_are_there():
     assert (docs.REPO / "README.md").stat().st_size <= 15_000
 
 
+CHECKERS = [docs.script_problems, docs.subcommand_problems, docs.group_entry_problems, docs.key_problems]
+
+
+@pytest.mark.parametrize("checker", CHECKERS, ids=lambda c: c.__name__.removesuffix("_problems"))
 @pytest.mark.parametrize("path", FILES, ids=ids(FILES))
-def test_named_scripts_exist(path):
-    assert docs.script_problems(path.read_text()) == []
-
-
-@pytest.mark.parametrize("path", FILES, ids=ids(FILES))
-def test_named_subcommands_exist(path):
-    assert docs.subcommand_problems(path.read_text()) == []
-
-
-@pytest.mark.parametrize("path", FILES, ids=ids(FILES))
-def test_named_group_entries_exist(path):
-    assert docs.group_entry_problems(path.read_text()) == []
-
-
-@pytest.mark.parametrize("path", FILES, ids=ids(FILES))
-def test_named_override_keys_exist(path):
-    assert docs.key_problems(path.read_text()) == []
+def test_named_scripts_subcommands_group_entries_and_keys_exist(path, checker):
+    assert checker(path.read_text()) == []
 
 
 def test_the_checker_reports_each_kind_of_mistake():
