@@ -29,6 +29,7 @@ ORDER = (
     "peer_lightly",
     "default_digits",
     "throughput",
+    "cli_startup",
     "loss_backends",
     "tf32_emulation",
 )

@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sslrun import console, launch
-from sslrun.config import unknown_key_message, validate
+from sslrun.config import COMMAND_SCHEMAS, key_rows, shared_schema, unknown_key_message, validate
 from sslrun.errors import FAILED, Diverged, Interrupted, MachineFault, RunStopped, UserError, machine_fault
 from sslrun.lock import run_lock
 from sslrun.outputs import run_dir
@@ -116,10 +116,8 @@ def run_command(name: str, command: ModuleType | str, argv: list[str]) -> None:
     values are resolved."""
     args, _ = hydra_arguments().parse_known_args(argv)
     if not (args.help or args.hydra_help or args.version or args.info or args.shell_completion):
-        if isinstance(command, str):
-            command = importlib.import_module(command)
         try:
-            precheck(name, command, args.overrides, multirun=args.multirun)
+            command = precheck(name, command, args.overrides, multirun=args.multirun)
         except USER_ERRORS as err:
             console.fail(one_line(err))
 
@@ -155,9 +153,24 @@ def run_command(name: str, command: ModuleType | str, argv: list[str]) -> None:
             job.record()
 
     sys.argv = [str(launch.script(name)), *argv]
-    hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=name, version_base="1.3")(task)()
+    try:
+        hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=name, version_base="1.3")(task)()
+    except SystemExit as stop:
+        if args.help and not stop.code:  # Hydra's help lists the groups; the keys, their defaults and rules follow
+            print_keys(name)
+        raise
     if jobs:
         summarise_sweep(jobs)
+
+
+def print_keys(name: str) -> None:
+    """Every key of the command with its schema default and what its value must be (the values this command starts
+    from are in the config Hydra's help prints above)."""
+    rows = key_rows(shared_schema(COMMAND_SCHEMAS[name]))
+    width = max(len(key) for key, _, _ in rows) + 2
+    print("== Keys (schema default; rule) ==\n")
+    for key, default, what in rows:
+        print(f"{key:<{width}}{default + '; ' if default else ''}{what}")
 
 
 @dataclass
@@ -218,9 +231,14 @@ def checked(cfg: DictConfig, command: ModuleType) -> DictConfig:
     return typed
 
 
-def precheck(name: str, command: ModuleType, overrides: list[str], multirun: bool = False) -> None:
+def precheck(name: str, command: ModuleType | str, overrides: list[str], multirun: bool = False) -> ModuleType:
     """Compose and check the config for every override combination (with ``multirun``, also the sweep a config file
-    declares in ``hydra.sweeper.params``, e.g. ``+sweep=...``); raise UserError on the first problem."""
+    declares in ``hydra.sweeper.params``, e.g. ``+sweep=...``); raise UserError on the first problem. Return the
+    command's module.
+
+    Two passes: names, keys and the values of every key whose schema is in ``sslrun.config`` first, before ``command``
+    (a module name) is imported, so the common mistakes answer without importing torch; then, imported, the method's
+    and the optimizer's own keys and the command's cross-key ``check``."""
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
@@ -239,9 +257,13 @@ def precheck(name: str, command: ModuleType, overrides: list[str], multirun: boo
         combos = sweep_combinations(parsed) if parsed else [[]]
         loader = GlobalHydra.instance().config_loader()
         groups = set(loader.list_groups(""))
-        for combo in combos:
-            _check_combo(name, command, combo, loader, groups)
+        composed = [_check_combo(name, combo, loader, groups) for combo in combos]
     GlobalHydra.instance().clear()
+    if isinstance(command, str):
+        command = importlib.import_module(command)
+    for cfg in composed:
+        checked(cfg, command)
+    return command
 
 
 def _file_sweep(name: str, parsed: list, parser: OverridesParser) -> list:
@@ -259,7 +281,8 @@ def _file_sweep(name: str, parsed: list, parser: OverridesParser) -> list:
     return parser.parse_overrides(lines)
 
 
-def _check_combo(name: str, command: ModuleType, combo: list[str], loader, groups: set[str]) -> None:
+def _check_combo(name: str, combo: list[str], loader, groups: set[str]) -> DictConfig:
+    """The config of one combination, its group choices, keys and shared values checked (``shared_schema``)."""
     items = OverridesParser.create().parse_overrides(combo)
     group_overrides = []
     for item in items:
@@ -277,7 +300,9 @@ def _check_combo(name: str, command: ModuleType, combo: list[str], loader, group
             continue
         if not _has_key(base, key):
             raise UserError(unknown_key_message(base, key))
-    checked(_compose(name, combo), command)
+    cfg = _compose(name, combo)
+    validate(cfg, shared_schema(COMMAND_SCHEMAS[name]))
+    return cfg
 
 
 def _has_key(cfg: DictConfig, key: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -221,17 +222,34 @@ class RunConfig:
     resume: str = checked("auto", RESUME)
 
 
+def _fields(schema: type) -> list[tuple[str, Any, Any]]:
+    """``schema``'s fields as ``make_dataclass`` takes them: (name, type, field)."""
+    hints = typing.get_type_hints(schema)
+    return [
+        (f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
+        for f in dataclasses.fields(schema)
+    ]
+
+
 def with_run_keys(name: str, own: list[tuple[str, Any, Any]]) -> type:
     """A command's schema: its ``own`` fields (name, type, field) first, then ``RunConfig``'s, so its config files
     and printed trees start with what is particular to the command."""
-    hints = typing.get_type_hints(RunConfig)
-    shared = [
-        (f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
-        for f in dataclasses.fields(RunConfig)
-    ]
-    schema = dataclasses.make_dataclass(name, own + shared)
+    schema = dataclasses.make_dataclass(name, own + _fields(RunConfig))
     schema.__module__ = __name__
     return schema
+
+
+@functools.cache
+def shared_schema(schema: type) -> type:
+    """``schema`` with its ``method`` and ``optim`` left untyped: their schemas are the method's and the optimizer's
+    own subclasses, which live beside code that imports torch. The pre-flight checks the rest with it first, so a
+    mistake there answers before torch is imported."""
+    own = [
+        (n, Any, field(default=None)) if t in (MethodConfig, OptimConfig) else (n, t, f) for n, t, f in _fields(schema)
+    ]
+    light = dataclasses.make_dataclass(f"Shared{schema.__name__}", own)
+    light.__module__ = __name__
+    return light
 
 
 PretrainConfig = with_run_keys("PretrainConfig", [("method", MethodConfig, field(default=MISSING))])
@@ -248,6 +266,30 @@ class ExportConfig:
     # auto: by the suffix of ``out`` (.safetensors: safetensors, anything else: torch)
     format: str = checked("auto", one_of("auto", "safetensors", "torch"))
     overwrite: bool = False  # replace an existing ``out`` (never a file inside a run's checkpoints/)
+
+
+COMMAND_SCHEMAS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "export": ExportConfig}
+
+
+def key_rows(schema: type, prefix: str = "") -> list[list[str]]:
+    """[key, default, what it must be] for every key of ``schema`` and its nested schemas (``--help``); a field left
+    untyped (``shared_schema``: a method's or an optimizer's own keys) is one row pointing at ``--cfg job``."""
+    rows = []
+    hints = typing.get_type_hints(schema)
+    for item in dataclasses.fields(schema):
+        kind = hints[item.name]
+        nested = [t for t in (*typing.get_args(kind), kind) if dataclasses.is_dataclass(t)]
+        if nested:
+            rows += key_rows(nested[0], f"{prefix}{item.name}.")
+            continue
+        if kind is Any and item.default is None and item.name in ("method", "optim"):
+            rows.append([f"{prefix}{item.name}.*", "", f"the chosen {item.name}'s own keys: add --cfg job to see them"])
+            continue
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        rule = item.metadata.get("rule")
+        what = rule.expect if rule else getattr(kind, "__name__", str(kind).replace("typing.", ""))
+        rows.append([prefix + item.name, "required" if default == MISSING else str(default), what])
+    return rows
 
 
 def backbone_config(values: dict) -> DictConfig:

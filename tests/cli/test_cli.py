@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -343,18 +344,39 @@ def test_lightnings_start_up_notes_go_to_the_log_file_not_the_terminal(tmp_path)
     assert "GPU available" in (tmp_path / "run" / "pretrain.log").read_text()
 
 
-def test_help_answers_without_importing_torch():
-    """Every command once took 5-6 s to start, --help too: torch and Lightning were imported first."""
+def test_help_list_and_preflight_errors_answer_without_importing_torch(tmp_path):
+    """Every command once took 5-6 s to start, --help and a typo too: torch and Lightning were imported first."""
+    argvs = [
+        ["--help"],
+        ["pretrain", "--help"],
+        ["finetune", "--help"],
+        ["pretrain", "data.batch_size=0"],
+        ["pretrain", "trainer.max_epoch=3"],
+        ["pretrain", "method=nope"],
+        ["finetune", "mode=half"],
+        ["list"],
+    ]
     probe = (
         "import sys\n"
         "from sslrun.cli import main\n"
-        "for argv in (['--help'], ['pretrain', '--help'], ['finetune', '--help']):\n"
+        f"for argv in {argvs!r}:\n"
         "    try:\n"
         "        main(argv)\n"
-        "    except SystemExit:\n"
-        "        pass\n"
+        "    except SystemExit as stop:\n"
+        "        print('exit', stop.code)\n"
         "print('imported:', sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    # fills the cache from the registries (imports torch)
+    first = subprocess.run([SSLRUN, "list"], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert first.returncode == 0 and "contrastive" in first.stdout
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0 and "imported: []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "Configuration groups" in proc.stdout
+    assert proc.stdout.count("exit 2") == 4 and "Configuration groups" in proc.stdout
+    assert "data.batch_size=0 must be an integer > 0" in proc.stderr and "unknown method 'nope'" in proc.stderr
+    assert "data.views.crop_min_scale" in proc.stdout and "eval.layer" in proc.stdout  # --help lists every key
+    assert first.stdout in proc.stdout  # the cached listing is the registries' listing
+
+
+def test_a_method_key_error_is_found_once_the_method_is_imported(tmp_path):
+    assert_user_error(sslrun("pretrain", "method.temperature=-1", cwd=tmp_path), "method.temperature=-1.0 must be")
