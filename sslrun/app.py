@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,18 @@ def job_dirname(overrides: list[str]) -> str:
 
 
 OmegaConf.register_new_resolver("sslrun_dirname", job_dirname, replace=True)
+
+
+def hydra_subdir(output_dir: str, resume: str) -> str:
+    """Where Hydra writes its own files of this job: ``.hydra``, unless a run there already has them and this job
+    continues it (a resume, or a finished run met again): then ``.hydra/rerun-<time>``, so what the run was is kept.
+    Used as ``hydra.output_subdir`` in the primary configs."""
+    if str(resume) != "overwrite" and (Path(output_dir) / ".hydra" / "config.yaml").is_file():
+        return f".hydra/rerun-{time.strftime('%Y%m%d-%H%M%S')}"
+    return ".hydra"
+
+
+OmegaConf.register_new_resolver("sslrun_hydra_subdir", hydra_subdir, replace=True)
 
 # The primary configs search ./configs (experiment/, sweep/ files of the working directory); most working directories
 # have none, which Hydra would announce on every run.

@@ -20,6 +20,7 @@ from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, Omega
 
 from sslrun.errors import UserError
 
+LIBRARY_BACKBONES = ("timm", "torchvision")  # backbones named by backbone.model
 PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
 
 
@@ -108,12 +109,20 @@ class DataConfig:
 @dataclass
 class BackboneConfig:
     """``width`` scales channels (ResNet, ConvNet) or the embedding width (ViT); ``stem`` is the ResNets' (auto: CIFAR
-    stem up to 64 px); ``patch_size`` the ViTs' (auto: 4 below 96 px, 16 from 96 px)."""
+    stem up to 64 px); ``patch_size`` the ViTs' (auto: 4 below 96 px, 16 from 96 px; a timm ViT keeps its own from
+    96 px). ``model`` and ``kwargs`` belong to ``backbone=timm`` and ``backbone=torchvision``."""
 
     name: str = MISSING
     width: float = checked(1.0, POSITIVE)
     stem: str = checked("auto", one_of("auto", "cifar", "imagenet"))
     patch_size: Any = checked("auto", or_auto(POSITIVE_INT))
+    # backbone=timm | torchvision: the library's model name and extra constructor arguments (e.g. drop_path_rate)
+    model: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # start from these weights (a state_dict .pt/.pth, .safetensors, an sslrun run dir, checkpoint or export);
+    # weights_strict=false skips keys that do not fit (a classifier head, a first conv) and says which
+    weights: str | None = None
+    weights_strict: bool = True
 
 
 @dataclass
@@ -264,7 +273,8 @@ class ExportConfig:
     pretrained: str = MISSING
     out: str = "encoder.pt"
     # auto: by the suffix of ``out`` (.safetensors: safetensors, anything else: torch)
-    format: str = checked("auto", one_of("auto", "safetensors", "torch"))
+    # timm, torchvision: a backbone=timm|torchvision model's own state_dict (torch.save), loadable by that library
+    format: str = checked("auto", one_of("auto", "safetensors", "torch", "timm", "torchvision"))
     overwrite: bool = False  # replace an existing ``out`` (never a file inside a run's checkpoints/)
 
 
@@ -316,6 +326,12 @@ def validate(cfg: DictConfig, schema: Any) -> DictConfig:
     if missing:
         raise UserError(f"missing value for {', '.join(missing)}: pass it as key=value")
     check_values(merged)
+    backbone = merged.get("backbone")
+    if backbone is not None and backbone.name not in LIBRARY_BACKBONES and (backbone.model or backbone.kwargs):
+        raise UserError(
+            f"backbone.model and backbone.kwargs are for backbone=timm or backbone=torchvision; backbone={backbone.name} "
+            "is sslrun's own (its size: backbone.width)"
+        )
     if "trainer" in merged and merged.trainer.sync_batchnorm and merged.trainer.accelerator == "cpu":
         raise UserError("trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm); on CPU set it to false")
     return merged

@@ -21,6 +21,7 @@ from torch import nn
 
 from sslrun import console
 from sslrun.backbones import BACKBONES
+from sslrun.backbones.library import LibraryBackbone, load_snippet
 from sslrun.backbones.resnet import ResNet
 from sslrun.checkpoint import load_pretrained
 from sslrun.config import ExportConfig, backbone_config
@@ -31,8 +32,11 @@ def schema(cfg: DictConfig) -> ExportConfig:
     return ExportConfig()
 
 
+LIBRARY_FORMATS = ("timm", "torchvision")
+
+
 def resolve_format(requested: str, out: Path) -> str:
-    """``safetensors`` or ``torch``; ``auto`` goes by the suffix of ``out``."""
+    """``safetensors``, ``torch`` or a library's name; ``auto`` goes by the suffix of ``out``."""
     if requested != "auto":
         return requested
     return "safetensors" if out.suffix.lower() == ".safetensors" else "torch"
@@ -81,12 +85,25 @@ def run(cfg: DictConfig) -> dict[str, str | int]:
     backbone = BACKBONES.build(backbone_cfg.name, backbone_cfg, ckpt.in_channels, ckpt.image_size)
     backbone.load_state_dict(ckpt.backbone_state)
     stem = backbone.stem if isinstance(backbone, ResNet) else backbone_cfg.stem
-    recipe = load_recipe(backbone_cfg.name, backbone, backbone_cfg.width)
     file_format = resolve_format(cfg.format, out)
-    state = backbone.state_dict()
+    library = isinstance(backbone, LibraryBackbone)
+    if file_format in LIBRARY_FORMATS and (not library or backbone.library != file_format):
+        raise ValueError(
+            f"format={file_format} exports a backbone=... {file_format} model; this run's backbone is "
+            f"{backbone_cfg.name}: use format=torch or format=safetensors"
+        )
+    if library:  # the library's own model and keys
+        state = backbone.model.state_dict()
+        recipe = load_snippet(backbone, str(out), file_format == "safetensors")
+        described = f"{backbone.library} {backbone.model_name}"
+    else:
+        state = backbone.state_dict()
+        recipe = load_recipe(backbone_cfg.name, backbone, backbone_cfg.width)
+        described = f"{backbone_cfg.name} width={backbone_cfg.width} stem={stem}"
     if file_format == "safetensors":
         metadata = {
             "backbone": backbone_cfg.name,
+            **({"library": backbone.library, "model": backbone.model_name} if library else {}),
             "width": str(backbone_cfg.width),
             "stem": stem,
             "in_channels": str(ckpt.in_channels),
@@ -101,11 +118,11 @@ def run(cfg: DictConfig) -> dict[str, str | int]:
         contiguous = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
         write_atomically(out, lambda f: f.write(safetensors_bytes(contiguous, metadata)))
     else:
-        write_atomically(out, lambda f: torch.save(state, f))
+        write_atomically(out, lambda f: torch.save(state, f))  # timm, torchvision: the library's keys, torch.save
     summary = {
         "out": str(out),
         "format": file_format,
-        "backbone": f"{backbone_cfg.name} width={backbone_cfg.width} stem={stem}",
+        "backbone": described,
         "in_channels": ckpt.in_channels,
         "feature_dim": backbone.feature_dim,
         "load": recipe,

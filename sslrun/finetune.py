@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from sslrun import console, resume
 from sslrun.backbones import BACKBONES
 from sslrun.backbones.layers import at_layer
+from sslrun.backbones.weights import start_backbone
 from sslrun.checkpoint import load_pretrained
 from sslrun.config import FinetuneConfig, backbone_config
 from sslrun.data import SSLDataModule
@@ -37,7 +38,7 @@ def build_backbone(cfg: DictConfig, data: SSLDataModule) -> tuple[nn.Module, Dic
     """The pretrained backbone (architecture from its checkpoint) or, for ``pretrained=none``, a random init."""
     if str(cfg.pretrained).lower() == "none":
         backbone_cfg = cfg.backbone
-        return BACKBONES.build(backbone_cfg.name, backbone_cfg, data.channels, data.image_size), backbone_cfg
+        return start_backbone(backbone_cfg, data.channels, data.image_size), backbone_cfg
     ckpt = load_pretrained(str(cfg.pretrained))
     pretrained_on = ckpt.config["data"]["name"]
     if ckpt.in_channels != data.channels:

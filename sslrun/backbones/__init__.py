@@ -4,6 +4,6 @@ from sslrun.registry import Registry
 
 BACKBONES = Registry("backbone")
 
-from sslrun.backbones import resnet, small, vit  # noqa: E402,F401  (registration side effects)
+from sslrun.backbones import library, resnet, small, vit  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["BACKBONES"]

@@ -45,7 +45,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sslrun.backbones import BACKBONES
+from sslrun.backbones.weights import start_backbone
 from sslrun.config import MethodConfig
 from sslrun.data.views import TWO_VIEWS, ViewSpec
 from sslrun.eval.online_probe import OnlineLinearProbe
@@ -88,9 +88,7 @@ class SSLMethod(pl.LightningModule):
         self.run_config: DictConfig = OmegaConf.create(cfg)
         self.config = self.typed_config(self.run_config.method)
         self.check_backbone(self.run_config.method.name, self.run_config.backbone.name)
-        self.backbone = BACKBONES.build(
-            self.run_config.backbone.name, self.run_config.backbone, in_channels, image_size
-        )
+        self.backbone = start_backbone(self.run_config.backbone, in_channels, image_size)
         # No labels (an unlabelled image folder): no probe; the kNN monitor reports label-free signals instead.
         self.probe = OnlineLinearProbe(self.backbone.feature_dim, num_classes) if num_classes > 0 else None
         self.channels_last = bool(self.run_config.trainer.channels_last)

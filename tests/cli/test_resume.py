@@ -203,9 +203,13 @@ def test_a_rerun_never_rewrites_what_the_run_was(tmp_path):
     status, log = finish(start(run, "data.limit=64", "data.batch_size=16"))
     assert status == 0, log[-3000:]
     trained = (run / "config.yaml").read_text()
+    composed = (run / ".hydra" / "config.yaml").read_text()
     status, log = finish(start(run, "data.limit=64", "data.batch_size=16", "logger=csv", "eval.knn_k=5"))
     assert status == 0 and "already finished" in log, log[-3000:]
     assert (run / "config.yaml").read_text() == trained
+    assert (run / ".hydra" / "config.yaml").read_text() == composed  # Hydra's own files of the run, too
+    (hydra_rerun,) = (run / ".hydra").glob("rerun-*/config.yaml")
+    assert "knn_k: 5" in hydra_rerun.read_text()
     (rerun,) = run.glob("config.rerun-*.yaml")
     assert "knn_k: 5" in rerun.read_text() and "knn_k: 5" not in trained and rerun.name in " ".join(log.split())
     assert "${" not in trained  # stored resolved
