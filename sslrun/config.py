@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 
 from sslrun.errors import UserError
 
 LIBRARY_BACKBONES = ("timm", "torchvision")  # backbones named by backbone.model
+FREE_FORM = ("backbone.kwargs",)  # mappings whose keys no schema knows (+backbone.kwargs.<argument>=<value>)
 PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
 
 
@@ -313,6 +314,14 @@ def validate(cfg: DictConfig, schema: Any) -> DictConfig:
     OmegaConf.set_struct(base, True)
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     plain.pop("hydra", None)
+    free = {}  # free-form mappings (a library's constructor arguments): any keys, set after the typed merge
+    for path in FREE_FORM:
+        parent, _, leaf = path.rpartition(".")
+        node = OmegaConf.select(plain, parent)
+        if isinstance(node, DictConfig) and leaf in node:
+            free[path] = node.pop(leaf)
+            if not isinstance(free[path], DictConfig):
+                raise UserError(f"{path} must be a mapping, e.g. +{path}.drop_path_rate=0.1")
     try:
         merged = OmegaConf.merge(base, plain)
     except ConfigKeyError as err:
@@ -320,6 +329,9 @@ def validate(cfg: DictConfig, schema: Any) -> DictConfig:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise UserError(f"bad value for {key!r}: {err.msg}") from None
+    for path, value in free.items():
+        with open_dict(merged):
+            OmegaConf.update(merged, path, value, merge=False)
     OmegaConf.set_struct(merged, True)
     check_interpolations(merged)
     missing = sorted(OmegaConf.missing_keys(merged))
@@ -329,8 +341,8 @@ def validate(cfg: DictConfig, schema: Any) -> DictConfig:
     backbone = merged.get("backbone")
     if backbone is not None and backbone.name not in LIBRARY_BACKBONES and (backbone.model or backbone.kwargs):
         raise UserError(
-            f"backbone.model and backbone.kwargs are for backbone=timm or backbone=torchvision; backbone={backbone.name} "
-            "is sslrun's own (its size: backbone.width)"
+            "backbone.model and backbone.kwargs are for backbone=timm or backbone=torchvision; "
+            f"backbone={backbone.name} is sslrun's own (its size: backbone.width)"
         )
     if "trainer" in merged and merged.trainer.sync_batchnorm and merged.trainer.accelerator == "cpu":
         raise UserError("trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm); on CPU set it to false")

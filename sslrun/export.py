@@ -21,7 +21,7 @@ from torch import nn
 
 from sslrun import console
 from sslrun.backbones import BACKBONES
-from sslrun.backbones.library import LibraryBackbone, load_snippet
+from sslrun.backbones.library import LibraryBackbone, describe, load_snippet
 from sslrun.backbones.resnet import ResNet
 from sslrun.checkpoint import load_pretrained
 from sslrun.config import ExportConfig, backbone_config
@@ -95,11 +95,9 @@ def run(cfg: DictConfig) -> dict[str, str | int]:
     if library:  # the library's own model and keys
         state = backbone.model.state_dict()
         recipe = load_snippet(backbone, str(out), file_format == "safetensors")
-        described = f"{backbone.library} {backbone.model_name}"
     else:
         state = backbone.state_dict()
         recipe = load_recipe(backbone_cfg.name, backbone, backbone_cfg.width)
-        described = f"{backbone_cfg.name} width={backbone_cfg.width} stem={stem}"
     if file_format == "safetensors":
         metadata = {
             "backbone": backbone_cfg.name,
@@ -122,7 +120,7 @@ def run(cfg: DictConfig) -> dict[str, str | int]:
     summary = {
         "out": str(out),
         "format": file_format,
-        "backbone": described,
+        "backbone": describe(backbone_cfg, stem),
         "in_channels": ckpt.in_channels,
         "feature_dim": backbone.feature_dim,
         "load": recipe,

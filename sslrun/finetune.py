@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from sslrun import console, resume
 from sslrun.backbones import BACKBONES
 from sslrun.backbones.layers import at_layer
+from sslrun.backbones.library import describe
 from sslrun.backbones.weights import start_backbone
 from sslrun.checkpoint import load_pretrained
 from sslrun.config import FinetuneConfig, backbone_config
@@ -91,7 +92,7 @@ def run(cfg: DictConfig) -> dict[str, float | int | str]:
         model, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=start_from and start_from.path
     )
     metrics.update(top1=float(trainer.callback_metrics["top1"]), top5=float(trainer.callback_metrics["top5"]))
-    metrics["backbone"] = f"{backbone_cfg.name} width={backbone_cfg.width} stem={backbone_cfg.stem}"
+    metrics["backbone"] = describe(backbone_cfg)
     if trainer.is_global_zero:
         write_metrics(out, metrics)
         console.print_metrics(metrics, f"finetune results ({out})")

@@ -23,7 +23,7 @@ from torch import nn
 
 from sslrun.backbones import BACKBONES
 from sslrun.backbones.vit import resolve_patch_size
-from sslrun.config import BackboneConfig
+from sslrun.config import LIBRARY_BACKBONES, BackboneConfig
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,13 @@ class LibraryBackbone(nn.Module):
         if features.shape[1] == channels:
             return features.mean(dim=(2, 3))
         return features.mean(dim=(1, 2))
+
+
+def describe(cfg: BackboneConfig, stem: str | None = None) -> str:
+    """The backbone in a few words: ``timm convnext_atto`` or ``resnet18 width=0.5 stem=cifar``."""
+    if cfg.name in LIBRARY_BACKBONES:
+        return f"{cfg.name} {cfg.model}"
+    return f"{cfg.name} width={cfg.width} stem={stem or cfg.stem}"
 
 
 def _unknown_model(library: str, name: str, choices: list[str], listing: str) -> ValueError:
@@ -226,7 +233,7 @@ def conv_expression(conv: nn.Conv2d) -> str:
     extra = "" if conv.bias is not None else ", bias=False"
     extra += f", groups={conv.groups}" if conv.groups != 1 else ""
     extra += f", dilation={conv.dilation}" if conv.dilation != (1, 1) else ""
-    return f"nn.Conv2d({text}{extra})"
+    return f"torch.nn.Conv2d({text}{extra})"
 
 
 @BACKBONES.register("torchvision")
@@ -248,7 +255,7 @@ def build_torchvision(cfg: BackboneConfig, in_channels: int, image_size: int) ->
     if head is None:
         raise ValueError(f"{what} has no nn.Linear classifier to remove; choose another model")
     _replace(model, head, nn.Identity())
-    changes.append((head, "nn.Identity()"))
+    changes.append((head, "torch.nn.Identity()"))
     first = _first(model, nn.Conv2d)
     conv = model.get_submodule(first) if first else None
     if conv is not None and conv.in_channels != in_channels:
@@ -296,13 +303,14 @@ def _attribute(path: str) -> str:
 
 
 def load_snippet(backbone: LibraryBackbone, out: str, safetensors: bool) -> str:
-    """The Python that builds the library's own model and loads the exported file into it, strict."""
+    """The Python that builds the library's own model as ``m`` and loads the exported file into it, strict."""
     if backbone.library == "timm":
         args = [repr(backbone.model_name), "num_classes=0", f"in_chans={_in_channels(backbone)}"]
         args += [f"{k}={v!r}" for k, v in backbone.build_kwargs.items()]
-        return f"timm.create_model({', '.join(args)}, checkpoint_path={out!r})"
+        return f"import timm; m = timm.create_model({', '.join(args)}, checkpoint_path={out!r})"
     kwargs = "".join(f", {k}={v!r}" for k, v in backbone.build_kwargs.items())
-    steps = [f"m = torchvision.models.get_model({backbone.model_name!r}, weights=None{kwargs})"]
+    imports = "import torch, torchvision" + (", safetensors.torch" if safetensors else "")
+    steps = [imports, f"m = torchvision.models.get_model({backbone.model_name!r}, weights=None{kwargs})"]
     steps += [f"m{_attribute(path)} = {expression}" for path, expression in backbone.changes]
     read = f"safetensors.torch.load_file({out!r})" if safetensors else f"torch.load({out!r})"
     return "; ".join([*steps, f"m.load_state_dict({read})"])

@@ -3,24 +3,35 @@ import torch
 from omegaconf import OmegaConf
 
 from sslrun.backbones import BACKBONES
-from sslrun.config import BackboneConfig
+from sslrun.config import LIBRARY_BACKBONES, BackboneConfig
+
+# a small model of each library, for the registry-wide tests (a ViT too: tokens, not feature maps)
+LIBRARY_MODELS = {"timm": ["regnetx_002", "deit_tiny_patch16_224"], "torchvision": ["mobilenet_v3_small"]}
+OWN = [name for name in BACKBONES.names() if name not in LIBRARY_BACKBONES]
+CASES = [(name, None) for name in OWN] + [(lib, m) for lib in LIBRARY_BACKBONES for m in LIBRARY_MODELS[lib]]
+assert set(LIBRARY_MODELS) == set(LIBRARY_BACKBONES) <= set(BACKBONES.names())
 
 
 def cfg(name: str, **kw) -> BackboneConfig:
     return OmegaConf.merge(OmegaConf.structured(BackboneConfig), {"name": name, **kw})
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+def small(name: str, model: str | None) -> BackboneConfig:
+    """A small config of the backbone: width 0.25 for sslrun's own, the library's model as it is."""
+    return cfg(name, model=model) if model else cfg(name, width=0.25)
+
+
+@pytest.mark.parametrize("name,model", CASES)
 @pytest.mark.parametrize("in_channels,size", [(1, 16), (3, 32), (3, 72)])
-def test_every_backbone_maps_images_to_feature_dim(name, in_channels, size):
-    model = BACKBONES.build(name, cfg(name, width=0.25), in_channels, size)
+def test_every_backbone_maps_images_to_feature_dim(name, model, in_channels, size):
+    model = BACKBONES.build(name, small(name, model), in_channels, size)
     out = model(torch.randn(2, in_channels, size, size))
     assert out.shape == (2, model.feature_dim)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("name", OWN)
 def test_width_multiplier_scales_parameters(name):
     narrow = BACKBONES.build(name, cfg(name, width=0.25), 3, 32)
     wide = BACKBONES.build(name, cfg(name, width=0.5), 3, 32)
@@ -35,18 +46,18 @@ def test_cifar_stem_keeps_resolution_and_auto_picks_it_for_small_images():
     assert big.conv1.kernel_size == (7, 7)
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
-def test_every_backbone_has_four_named_stages_and_the_last_is_its_output(name):
+@pytest.mark.parametrize("name,model", CASES)
+def test_every_backbone_has_four_named_stages_and_the_last_is_its_output(name, model):
     from sslrun.backbones.layers import LAYERS, at_layer
 
-    model = BACKBONES.build(name, cfg(name, width=0.25), 3, 32).eval()
+    model = BACKBONES.build(name, small(name, model), 3, 32).eval()
     x = torch.randn(2, 3, 32, 32)
     assert at_layer(model, "last") is model and at_layer(model, "layer4") is model
     torch.testing.assert_close(model.forward_layer(x, 4), model(x))
     for depth, layer in enumerate(LAYERS[:-1], start=1):
         cut = at_layer(model, layer)
         assert cut(x).shape == (2, model.layer_dims[depth - 1]) == (2, cut.feature_dim)
-    if "vit" not in name:
+    if "vit" not in name and "deit" not in str(getattr(model, "model_name", "")):
         assert model.forward_layer(x, 1).shape != model(x).shape  # the stages widen
     with pytest.raises(ValueError, match="eval.layer='layer9' is not one of: last, layer1"):
         at_layer(model, "layer9")
