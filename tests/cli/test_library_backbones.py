@@ -76,7 +76,7 @@ def test_a_library_model_pretrains_resumes_finetunes_exports_and_loads_into_the_
             ["backbone=timm", "+backbone.kwargs.pretrained=true"],
             ["backbone.kwargs.pretrained: sslrun downloads nothing"],
         ),
-        (["backbone=timm", "backbone.width=0.5"], ["backbone.width is for sslrun's own backbones"]),
+        (["backbone=timm", "backbone.width=0.5"], ["unknown key 'backbone.width'", "kwargs, model, name"]),
         (
             ["backbone=resnet18", "backbone.weights=/nonexistent.pt"],
             ["backbone.weights='/nonexistent.pt': no such file"],
