@@ -116,7 +116,10 @@ def stats(field: str, values: list[float]) -> dict:
 
 def result_row(name: str, seeds: list[int], runs: list[dict], pretrains: list[dict], args: argparse.Namespace) -> dict:
     """The figures of ``summarise``'s row as numbers, for ``--results``."""
-    row = {"method": name, "seeds": seeds}
+    row = {"method": name, "seeds": seeds, **({"backbone": args.label} if args.label else {})}
+    params = [r["last"].get("backbone_params") for r in runs if r["last"].get("backbone_params")]
+    if params:
+        row["backbone_params"] = params[0]
     row |= stats("linear_top1", layer_values(runs, "last", "top1"))
     row |= stats("knn_top1", layer_values(runs, "last", "knn_top1"))
     if args.layers:
@@ -143,6 +146,7 @@ def main() -> None:
     parser.add_argument("--full-overrides", nargs="*", default=[], help="overrides for the full fine-tune only")
     parser.add_argument("--both", nargs="*", default=[], help="overrides for pretrain and finetune")
     parser.add_argument("--results", help="also append one row per method to this results/*.jsonl file")
+    parser.add_argument("--label", help="a name for the backbone of these runs, added to each --results row")
     parser.add_argument("overrides", nargs="*", help="overrides for pretrain only")
     args = parser.parse_args()
     origin = provenance(this_command()) if args.results else {}

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 ORDER = (
     "methods_fashion",
     "methods_fmnist_check",
+    "backbones_fashion",
     "classic_fashion",
     "classic_layers_fashion",
     "mae_fashion",

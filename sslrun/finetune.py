@@ -68,6 +68,7 @@ def run(cfg: DictConfig) -> dict[str, float | int | str]:
     if resume.announce(start_from, cfg.trainer):
         return read_metrics(out)
     backbone, backbone_cfg = build_backbone(cfg, data)
+    params = sum(p.numel() for p in backbone.parameters())
     backbone = at_layer(backbone, cfg.eval.layer)
     metrics: dict[str, float | int | str] = {
         "mode": cfg.mode,
@@ -93,6 +94,7 @@ def run(cfg: DictConfig) -> dict[str, float | int | str]:
     )
     metrics.update(top1=float(trainer.callback_metrics["top1"]), top5=float(trainer.callback_metrics["top5"]))
     metrics["backbone"] = describe(backbone_cfg)
+    metrics["backbone_params"] = params
     if trainer.is_global_zero:
         write_metrics(out, metrics)
         console.print_metrics(metrics, f"finetune results ({out})")

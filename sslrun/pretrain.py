@@ -61,6 +61,7 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
         epochs=trainer.current_epoch,
         steps=trainer.global_step,
         seconds=time.perf_counter() - start,
+        backbone_params=sum(p.numel() for p in model.backbone.parameters()),
     )
     if start_from is not None:
         metrics["resumed_from_step"] = start_from.step
