@@ -122,7 +122,7 @@ OmegaConf.register_new_resolver("sslrun_hydra_subdir", hydra_subdir, replace=Tru
 warnings.filterwarnings("ignore", message=r"provider=hydra.searchpath in main, path=configs is not available")
 
 
-def run_command(name: str, command: ModuleType | str, argv: list[str]) -> None:
+def run_command(name: str, command: ModuleType | str, argv: list[str]) -> list[Job]:
     """``command`` (a module, or its name: imported only when the command runs or is checked, so ``--help`` answers
     without importing torch) provides ``schema(cfg) -> dataclass instance`` and ``run(cfg) -> dict``, and may provide
     ``check(cfg)`` (checks across keys); ``run`` shows the config with ``outputs.record_config`` once its ``auto``
@@ -156,11 +156,11 @@ def run_command(name: str, command: ModuleType | str, argv: list[str]) -> None:
             job.failed(fault.status, "error", str(fault))
         except SIGTERMException:  # Lightning's own stop, at an epoch end (after that epoch's checkpoint)
             console.fail("stopped by SIGTERM; run the same command again to continue (resume=auto)", 143, "stopped")
+        jobs.append(job)
         if not job.in_sweep:
             if job.status:
                 console.fail(job.message, job.status, job.label)
             return
-        jobs.append(job)
         if job.status:  # the sweep goes on; the failure is kept in the job's dir and summed up at the end
             console.err_console.print(f"[bold red]job {job.number} failed ({job.label}):[/bold red] {job.message}")
             job.record()
@@ -172,8 +172,9 @@ def run_command(name: str, command: ModuleType | str, argv: list[str]) -> None:
         if args.help and not stop.code:  # Hydra's help lists the groups; the keys, their defaults and rules follow
             print_keys(name)
         raise
-    if jobs:
+    if len(jobs) > 1 or (jobs and jobs[0].in_sweep):
         summarise_sweep(jobs)
+    return jobs
 
 
 def print_keys(name: str) -> None:

@@ -20,7 +20,7 @@ from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, Omega
 
 from sslrun.errors import UserError
 
-LIBRARY_BACKBONES = ("timm", "torchvision")  # backbones named by backbone.model
+LIBRARY_BACKBONES = ("timm", "torchvision", "module")  # backbones named by backbone.model (module: sslrun.api's)
 FREE_FORM = ("backbone.kwargs",)  # mappings whose keys no schema knows (+backbone.kwargs.<argument>=<value>)
 PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
 

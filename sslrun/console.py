@@ -52,8 +52,13 @@ def print_rows(title: str, rows: Iterable[tuple[str, str, str]]) -> None:
     print_table(title, ["kind", "name", "description"], rows)
 
 
+last_failure: str | None = None  # the message of the latest ``fail`` (sslrun.api raises it)
+
+
 def fail(message: str, status: int = 2, label: str = "error") -> None:
     """Print a message on one line and exit with ``status`` (no traceback): 2 for a user error."""
+    global last_failure
+    last_failure = message
     err_console.print(f"[bold red]{label}:[/bold red] {message}", highlight=False, soft_wrap=True)
     sys.exit(status)
 

@@ -110,7 +110,9 @@ def _linear_setup(cfg: DictConfig, backbone: nn.Module, data: SSLDataModule):
     train_x, train_y = extract_features(backbone, train_eval, device)
     val_x, val_y = extract_features(backbone, val_eval, device)
     knn = knn_predict(train_x, train_y, val_x, data.num_classes, cfg.eval.knn_k, cfg.eval.knn_temperature)
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    # a floor relative to the features' own scale: a random-init library model can give features of 1e-10
+    mean, std = train_x.mean(0), train_x.std(0)
+    std = std.clamp_min(std.max().clamp_min(torch.finfo(std.dtype).tiny) * 1e-6)
     train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
     model = Classifier(nn.Identity(), train_x.shape[1], data.num_classes, cfg.optim, cfg.data.batch_size)
     generator = torch.Generator().manual_seed(cfg.seed)

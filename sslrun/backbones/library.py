@@ -304,6 +304,9 @@ def _attribute(path: str) -> str:
 
 def load_snippet(backbone: LibraryBackbone, out: str, safetensors: bool) -> str:
     """The Python that builds the library's own model as ``m`` and loads the exported file into it, strict."""
+    if backbone.library == "module":
+        read = f"safetensors.torch.load_file({out!r})" if safetensors else f"torch.load({out!r})"
+        return f"m = {backbone.model_name}(...)  # your module, built as for sslrun; m.load_state_dict({read})"
     if backbone.library == "timm":
         args = [repr(backbone.model_name), "num_classes=0", f"in_chans={_in_channels(backbone)}"]
         args += [f"{k}={v!r}" for k, v in backbone.build_kwargs.items()]
@@ -319,3 +322,64 @@ def load_snippet(backbone: LibraryBackbone, out: str, safetensors: bool) -> str:
 def _in_channels(backbone: LibraryBackbone) -> int:
     first = _first(backbone.model, nn.Conv2d)
     return backbone.model.get_submodule(first).in_channels if first else 3
+
+
+# The user's own module, while ``sslrun.api`` runs a command with it (``backbone=module``)
+_GIVEN: list[nn.Module] = []
+
+
+class given_module:  # noqa: N801  (a context manager used like a function)
+    """``with given_module(net):`` makes ``backbone=module`` build copies of ``net`` while the block runs."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __enter__(self) -> nn.Module:
+        _GIVEN.append(self.module)
+        return self.module
+
+    def __exit__(self, *exc: object) -> None:
+        _GIVEN.remove(self.module)
+
+
+def qualified_name(module: nn.Module) -> str:
+    kind = type(module)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+class ModuleBackbone(LibraryBackbone):
+    """A user's module: its (B, D) output as it is, a (B, C, H, W) map or (B, N, D) tokens mean-pooled."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out if out.ndim == 2 else self.pool(out, self.feature_dim)
+
+
+@BACKBONES.register("module")
+def build_module(cfg: BackboneConfig, in_channels: int, image_size: int) -> ModuleBackbone:
+    """Your own nn.Module, given to sslrun.api.pretrain/finetune/export (backbone=...)"""
+    import copy
+
+    if not _GIVEN:
+        raise ValueError(
+            f"backbone=module is a Python module ({cfg.model or 'unknown'}) given to sslrun.api.pretrain(..., "
+            "backbone=...); the CLI cannot build it: use sslrun.api.finetune / sslrun.api.export with the same module"
+        )
+    model = copy.deepcopy(_GIVEN[-1])
+    what = f"backbone module {qualified_name(model)}"
+    try:
+        with torch.no_grad():
+            training = model.training
+            out = model.eval()(torch.zeros(2, in_channels, image_size, image_size))
+            model.train(training)
+    except (RuntimeError, ValueError, TypeError, AssertionError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{what} cannot take {in_channels}x{image_size}x{image_size} images: {first}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim not in (2, 3, 4) or out.shape[0] != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"{what} returns {shape} for a batch of 2 images; it must return (B, D) features, a (B, C, H, W) feature "
+            "map or (B, N, D) tokens (one tensor)"
+        )
+    dim = int(out.shape[1] if out.ndim in (2, 4) else out.shape[2])
+    return ModuleBackbone(model, "module", qualified_name(model), [], [], dim)
