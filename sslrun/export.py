@@ -3,6 +3,8 @@
 ``format=torch`` writes ``torch.save(state_dict)``; ``format=safetensors`` a safetensors file whose string metadata
 names the backbone (name, width, stem, in_channels, image_size, feature_dim), the pretraining method, the source
 checkpoint and the ``load`` recipe; ``format=auto`` picks safetensors for an ``out`` ending in ``.safetensors``.
+A ``backbone=timm|torchvision`` model is written with the library's own keys (``format=timm|torchvision``: torch.save),
+and ``load`` is the Python that builds the library's model and loads the file into it.
 
 ResNet backbones keep torchvision's parameter and buffer names, with no extra keys, so a width-1.0 ResNet loads into
 ``torchvision.models.resnet18/34/50()`` with ``load_state_dict(sd, strict=True)`` after one documented change: its

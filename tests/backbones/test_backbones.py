@@ -9,7 +9,7 @@ from sslrun.config import LIBRARY_BACKBONES, BackboneConfig
 LIBRARY_MODELS = {"timm": ["regnetx_002", "deit_tiny_patch16_224"], "torchvision": ["mobilenet_v3_small"]}
 OWN = [name for name in BACKBONES.names() if name not in LIBRARY_BACKBONES]
 CASES = [(name, None) for name in OWN] + [(lib, m) for lib in LIBRARY_BACKBONES for m in LIBRARY_MODELS[lib]]
-assert set(LIBRARY_MODELS) == set(LIBRARY_BACKBONES) <= set(BACKBONES.names())
+assert {*LIBRARY_MODELS, "module"} == set(LIBRARY_BACKBONES) <= set(BACKBONES.names())  # module: tests/cli/test_api.py
 
 
 def cfg(name: str, **kw) -> BackboneConfig:

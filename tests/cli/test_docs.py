@@ -29,7 +29,7 @@ def ids(paths):
 
 def test_the_docs_are_there():
     names = set(ids(FILES))
-    for name in ("configuration", "data", "methods", "evaluation", "distributed", "kernels", "results"):
+    for name in ("configuration", "data", "backbones", "methods", "evaluation", "distributed", "kernels", "results"):
         assert f"docs/{name}.md" in names
     assert (docs.REPO / "README.md").stat().st_size <= 15_000
 

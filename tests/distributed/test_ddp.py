@@ -15,7 +15,7 @@ WORKER = Path(__file__).parents[1] / "helpers" / "ddp_worker.py"
 FIXED_BUFFERS = {"permutations"}  # jigsaw's permutation set: part of the state, constant by design
 
 
-def run_worker(tmp_path: Path, method: str, devices: int, backend: str) -> dict:
+def run_worker(tmp_path: Path, method: str, devices: int, backend: str, backbone: str | None = None) -> dict:
     out = tmp_path / f"{method}-{backend}-{devices}.pt"
     cmd = [
         sys.executable,
@@ -28,6 +28,7 @@ def run_worker(tmp_path: Path, method: str, devices: int, backend: str) -> dict:
         backend,
         "--out",
         str(out),
+        *(["--backbone", backbone] if backbone else []),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -65,3 +66,10 @@ def test_method_ddp_equals_single_process(tmp_path, method):
     """Every parameter and buffer (teachers after their EMA step, queues after their enqueue, DINO's centre) is the
     single-process one on both ranks: a queue that enqueued only its rank's keys would differ on rank 1."""
     assert_same_step(run_worker(tmp_path, method, 1, "naive"), run_worker(tmp_path, method, 2, "naive"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["timm:regnetx_002", "torchvision:mobilenet_v3_small"])
+def test_library_backbone_ddp_equals_single_process(tmp_path, backbone):
+    single = run_worker(tmp_path, "contrastive", 1, "naive", backbone)
+    assert_same_step(single, run_worker(tmp_path, "contrastive", 2, "naive", backbone))

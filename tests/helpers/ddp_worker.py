@@ -55,11 +55,16 @@ def main() -> None:
     parser.add_argument("--devices", type=int, required=True)
     parser.add_argument("--backend", default="naive")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--backbone", help="library:model, e.g. timm:regnetx_002 (default: a narrow own backbone)")
     args = parser.parse_args()
+    if args.backbone:
+        library, model_name = args.backbone.split(":")
+        backbone = [f"backbone={library}", f"backbone.model={model_name}"]
+    else:
+        backbone = [f"backbone={(METHODS.get(args.method).backbones or ('convnet',))[0]}", "backbone.width=0.125"]
     overrides = [
         f"method={args.method}",
-        f"backbone={(METHODS.get(args.method).backbones or ('convnet',))[0]}",
-        "backbone.width=0.125",
+        *backbone,
         "optim=sgd",
         "optim.lr=0.5",
         "optim.scale_lr=false",
