@@ -8,7 +8,7 @@ from sslrun.config import LIBRARY_BACKBONES, BackboneConfig
 # a small model of each library, for the registry-wide tests (a ViT too: tokens, not feature maps)
 LIBRARY_MODELS = {"timm": ["regnetx_002", "deit_tiny_patch16_224"], "torchvision": ["mobilenet_v3_small"]}
 OWN = [name for name in BACKBONES.names() if name not in LIBRARY_BACKBONES]
-CASES = [(name, None) for name in OWN] + [(lib, m) for lib in LIBRARY_BACKBONES for m in LIBRARY_MODELS[lib]]
+CASES = [(name, None) for name in OWN] + [(lib, m) for lib, models in LIBRARY_MODELS.items() for m in models]
 assert {*LIBRARY_MODELS, "module"} == set(LIBRARY_BACKBONES) <= set(BACKBONES.names())  # module: tests/cli/test_api.py
 
 

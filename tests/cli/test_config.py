@@ -138,7 +138,11 @@ def test_every_checked_method_value_is_refused_before_any_work(name):
             "unknown key 'backbone.patch_size'; valid keys under 'backbone': name, stem",
         ),
         ("pretrain", "backbone=vit_tiny backbone.stem=cifar", "unknown key 'backbone.stem'"),
-        ("finetune", "backbone.stem=cifar", "unknown key 'backbone.stem'; valid keys under 'backbone': name, width"),
+        (
+            "finetune",
+            "backbone.stem=cifar",
+            "unknown key 'backbone.stem'; valid keys under 'backbone': name, weights, weights_strict, width",
+        ),
         ("pretrain", "method=jigsaw method.grid=1", "method.grid=1 must be an integer >= 2, or auto"),
     ],
 )

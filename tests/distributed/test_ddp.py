@@ -69,7 +69,7 @@ def test_method_ddp_equals_single_process(tmp_path, method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["timm:regnetx_002", "torchvision:mobilenet_v3_small"])
+@pytest.mark.parametrize("backbone", ["timm:regnetx_002", "torchvision:resnet18"])  # mobilenet: tiny gradients
 def test_library_backbone_ddp_equals_single_process(tmp_path, backbone):
     single = run_worker(tmp_path, "contrastive", 1, "naive", backbone)
     assert_same_step(single, run_worker(tmp_path, "contrastive", 2, "naive", backbone))
