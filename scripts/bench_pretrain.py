@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from provenance import append_row, provenance, this_command
 
 from sslrun import pretrain
-from sslrun.config import validate
+from sslrun.config import LIBRARY_BACKBONES, validate
 from sslrun.data import SSLDataModule
 from sslrun.losses import nt_xent
 from sslrun.methods import METHODS
@@ -38,6 +38,13 @@ def config(overrides: list[str]) -> DictConfig:
     with initialize_config_module("sslrun.configs", version_base="1.3"):
         cfg = compose("pretrain", overrides=overrides)
     return validate(cfg, pretrain.schema(cfg))
+
+
+def describe_backbone(backbone: DictConfig) -> str:
+    """``resnet18 width=0.25``, or a library's model: ``timm regnetx_002``."""
+    if backbone.name in LIBRARY_BACKBONES:
+        return f"{backbone.name} {backbone.model}"
+    return f"{backbone.name} width={backbone.width}"
 
 
 def sslrun_img_per_s(cfg: DictConfig, steps: int, out_dir: str) -> float:
@@ -100,7 +107,7 @@ def main() -> None:
         plain.append(plain_img_per_s(cfg, args.steps, precision, channels_last))
         fp32.append(plain_img_per_s(cfg, args.steps, "32", False))
     result = {
-        "backbone": f"{cfg.backbone.name} width={cfg.backbone.width}",
+        "backbone": describe_backbone(cfg.backbone),
         "data": cfg.data.name,
         "image_size": SSLDataModule(cfg.data, stage="pretrain").image_size,  # what auto resolved to
         "batch_size": cfg.data.batch_size,
