@@ -376,7 +376,3 @@ def test_help_list_and_preflight_errors_answer_without_importing_torch(tmp_path)
     assert "data.batch_size=0 must be an integer > 0" in proc.stderr and "unknown method 'nope'" in proc.stderr
     assert "data.views.crop_min_scale" in proc.stdout and "eval.layer" in proc.stdout  # --help lists every key
     assert first.stdout in proc.stdout  # the cached listing is the registries' listing
-
-
-def test_a_method_key_error_is_found_once_the_method_is_imported(tmp_path):
-    assert_user_error(sslrun("pretrain", "method.temperature=-1", cwd=tmp_path), "method.temperature=-1.0 must be")

@@ -29,9 +29,10 @@ def test_a_library_model_pretrains_resumes_finetunes_exports_and_loads_into_the_
     args = [*library_args(library), f"hydra.run.dir={run}"]
     first = sslrun("pretrain", *args, "trainer.max_epochs=1", "trainer.max_steps=-1", cwd=tmp_path, threads=1)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    again = sslrun("pretrain", *args, "trainer.max_epochs=2", "trainer.max_steps=-1", cwd=tmp_path, threads=1)
-    assert again.returncode == 0 and "resuming from" in again.stdout + again.stderr, again.stdout[-3000:]
-    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    if library == "timm":  # resume and a start from the export once (the suite's time): nothing library-specific
+        again = sslrun("pretrain", *args, "trainer.max_epochs=2", "trainer.max_steps=-1", cwd=tmp_path, threads=1)
+        assert again.returncode == 0 and "resuming from" in again.stdout + again.stderr, again.stdout[-3000:]
+        assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
     tune = sslrun(
         "finetune", f"pretrained={run}", *TINY[:3], "eval.layer=layer2", f"hydra.run.dir={tmp_path / 'ft'}",
         "trainer=debug", cwd=tmp_path, threads=1,
@@ -57,6 +58,8 @@ def test_a_library_model_pretrains_resumes_finetunes_exports_and_loads_into_the_
     with torch.no_grad():
         torch.testing.assert_close(torch.load(tmp_path / "y.pt"), ours.eval()(x))
 
+    if library != "timm":
+        return
     # the export starts a new run: backbone.weights takes the library's own keys
     start = sslrun("pretrain", *library_args(library), f"backbone.weights={out}", "trainer.max_steps=1",
                    f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path, threads=1)  # fmt: skip
