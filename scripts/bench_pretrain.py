@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from provenance import append_row, provenance, this_command
 
 from sslrun import pretrain
+from sslrun.backbones.library import describe
 from sslrun.config import LIBRARY_BACKBONES, validate
 from sslrun.data import SSLDataModule
 from sslrun.losses import nt_xent
@@ -43,8 +44,8 @@ def config(overrides: list[str]) -> DictConfig:
 def describe_backbone(backbone: DictConfig) -> str:
     """``resnet18 width=0.25``, or a library's model: ``timm regnetx_002``."""
     if backbone.name in LIBRARY_BACKBONES:
-        return f"{backbone.name} {backbone.model}"
-    return f"{backbone.name} width={backbone.width}"
+        return describe(backbone)
+    return f"{backbone.name} width={backbone.width}"  # no stem: the key of the rows measured before
 
 
 def sslrun_img_per_s(cfg: DictConfig, steps: int, out_dir: str) -> float:

@@ -46,7 +46,11 @@ def read_checkpoint(path: Path) -> Any:
 
 def load_pretrained(pretrained: str) -> Pretrained:
     path = resolve_path(pretrained)
-    ckpt = read_checkpoint(path)
+    return pretrained_from(path, read_checkpoint(path))
+
+
+def pretrained_from(path: Path, ckpt: Any) -> Pretrained:
+    """The sslrun pretrain checkpoint ``ckpt`` read from ``path``; ValueError when it is not one."""
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     if "cfg" not in hparams or not any(k.startswith(BACKBONE_PREFIX) for k in state):

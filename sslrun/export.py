@@ -91,7 +91,7 @@ def run(cfg: DictConfig) -> dict[str, str | int]:
     library = isinstance(backbone, LibraryBackbone)
     if file_format in LIBRARY_FORMATS and (not library or backbone.library != file_format):
         raise ValueError(
-            f"format={file_format} exports a backbone=... {file_format} model; this run's backbone is "
+            f"format={file_format} exports a backbone={file_format} model; this run's backbone is "
             f"{backbone_cfg.name}: use format=torch or format=safetensors"
         )
     if library:  # the library's own model and keys

@@ -130,7 +130,7 @@ def _kwargs(cfg: BackboneConfig, library: str) -> dict[str, Any]:
 
 
 def _dry_run(model: nn.Module, in_channels: int, image_size: int, what: str, hooks: dict[str, nn.Module]):
-    """One forward pass of two random images in eval mode: the feature width and each hooked module's output."""
+    """One forward pass of two blank images in eval mode: the output and each hooked module's output."""
     outputs: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_hook(lambda _m, _i, o, n=n: outputs.setdefault(n, o)) for n, m in hooks.items()]
     training = model.training
@@ -138,7 +138,7 @@ def _dry_run(model: nn.Module, in_channels: int, image_size: int, what: str, hoo
     try:
         with torch.no_grad():
             features = model(torch.zeros(2, in_channels, image_size, image_size))
-    except (RuntimeError, ValueError, AssertionError) as err:
+    except (RuntimeError, ValueError, TypeError, AssertionError) as err:
         first = (str(err).splitlines() or [type(err).__name__])[0]
         raise ValueError(
             f"{what} cannot take {in_channels}x{image_size}x{image_size} images ({first}); choose another model, "
@@ -148,9 +148,13 @@ def _dry_run(model: nn.Module, in_channels: int, image_size: int, what: str, hoo
         model.train(training)
         for handle in handles:
             handle.remove()
+    return features, outputs
+
+
+def _feature_dim(features: torch.Tensor, what: str) -> int:
     if features.ndim != 2:
         raise ValueError(f"{what} gives {tuple(features.shape)} features, not (batch, dim); choose another model")
-    return features.shape[1], outputs
+    return features.shape[1]
 
 
 def _describe_map(what: str, image_size: int, output: torch.Tensor | None, channels: int) -> None:
@@ -197,7 +201,8 @@ def build_timm(cfg: BackboneConfig, in_channels: int, image_size: int) -> Librar
         picked = []
     stages = [entry["module"] for entry in picked]
     hooks = {s: model.get_submodule(s) for s in stages}
-    feature_dim, outputs = _dry_run(model, in_channels, image_size, what, hooks)
+    features, outputs = _dry_run(model, in_channels, image_size, what, hooks)
+    feature_dim = _feature_dim(features, what)
     if picked:
         _describe_map(what, image_size, outputs.get(stages[-1]), picked[-1]["num_chs"])
     return LibraryBackbone(
@@ -212,8 +217,8 @@ def build_timm(cfg: BackboneConfig, in_channels: int, image_size: int) -> Librar
     )
 
 
-def _last(model: nn.Module, kind: type[nn.Module], test=lambda m: True) -> str | None:
-    found = [name for name, m in model.named_modules() if isinstance(m, kind) and test(m)]
+def _last(model: nn.Module, kind: type[nn.Module]) -> str | None:
+    found = [name for name, m in model.named_modules() if isinstance(m, kind)]
     return found[-1] if found else None
 
 
@@ -276,7 +281,8 @@ def build_torchvision(cfg: BackboneConfig, in_channels: int, image_size: int) ->
         )
     # stages: the last module (in execution order) at each feature-map stride; the last four strides
     candidates = {n: m for n, m in model.named_modules() if n and n.count(".") <= 1}
-    feature_dim, outputs = _dry_run(model, in_channels, image_size, what, candidates)
+    features, outputs = _dry_run(model, in_channels, image_size, what, candidates)
+    feature_dim = _feature_dim(features, what)
     by_stride: dict[int, tuple[str, int]] = {}
     for n, out in outputs.items():  # dict order = first-output order; a container ends after its children
         if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] > 0:
@@ -304,8 +310,8 @@ def _attribute(path: str) -> str:
 
 def load_snippet(backbone: LibraryBackbone, out: str, safetensors: bool) -> str:
     """The Python that builds the library's own model as ``m`` and loads the exported file into it, strict."""
+    read = f"safetensors.torch.load_file({out!r})" if safetensors else f"torch.load({out!r})"
     if backbone.library == "module":
-        read = f"safetensors.torch.load_file({out!r})" if safetensors else f"torch.load({out!r})"
         return f"m = {backbone.model_name}(...)  # your module, built as for sslrun; m.load_state_dict({read})"
     if backbone.library == "timm":
         args = [repr(backbone.model_name), "num_classes=0", f"in_chans={_in_channels(backbone)}"]
@@ -315,7 +321,6 @@ def load_snippet(backbone: LibraryBackbone, out: str, safetensors: bool) -> str:
     imports = "import torch, torchvision" + (", safetensors.torch" if safetensors else "")
     steps = [imports, f"m = torchvision.models.get_model({backbone.model_name!r}, weights=None{kwargs})"]
     steps += [f"m{_attribute(path)} = {expression}" for path, expression in backbone.changes]
-    read = f"safetensors.torch.load_file({out!r})" if safetensors else f"torch.load({out!r})"
     return "; ".join([*steps, f"m.load_state_dict({read})"])
 
 
@@ -367,14 +372,7 @@ def build_module(cfg: BackboneConfig, in_channels: int, image_size: int) -> Modu
         )
     model = copy.deepcopy(_GIVEN[-1])
     what = f"backbone module {qualified_name(model)}"
-    try:
-        with torch.no_grad():
-            training = model.training
-            out = model.eval()(torch.zeros(2, in_channels, image_size, image_size))
-            model.train(training)
-    except (RuntimeError, ValueError, TypeError, AssertionError) as err:
-        first = (str(err).splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"{what} cannot take {in_channels}x{image_size}x{image_size} images: {first}") from None
+    out, _ = _dry_run(model, in_channels, image_size, what, {})
     if not isinstance(out, torch.Tensor) or out.ndim not in (2, 3, 4) or out.shape[0] != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(

@@ -17,7 +17,7 @@ from torch import nn
 
 from sslrun.backbones import BACKBONES
 from sslrun.backbones.library import LibraryBackbone
-from sslrun.checkpoint import load_pretrained, read_checkpoint
+from sslrun.checkpoint import load_pretrained, pretrained_from, read_checkpoint
 
 log = logging.getLogger(__name__)
 SHOWN = 3  # keys named per kind of mismatch
@@ -47,7 +47,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             raise ValueError(f"backbone.weights: cannot read {path}: {err}") from None
     state = read_checkpoint(path)
     if isinstance(state, dict) and "hyper_parameters" in state and "state_dict" in state:
-        return load_pretrained(str(path)).backbone_state
+        return pretrained_from(path, state).backbone_state
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
