@@ -65,6 +65,17 @@ OPEN_UNIT = Rule(lambda v: _number(v) and 0 < v < 1, "between 0 and 1 (exclusive
 HALF_OPEN_UNIT = Rule(lambda v: _number(v) and 0 < v <= 1, "in (0, 1]")
 LR_SCALING = Rule(lambda v: v in ("linear", "sqrt", "none", True, False), "linear, sqrt, none, true or false")
 LAYER_NAMES = ("last", "layer1", "layer2", "layer3", "layer4")
+
+
+def _layer_like(value: str) -> bool:
+    return value.startswith("layer") and value[5:].isdigit()
+
+
+# a library model (timm, torchvision) also takes one of its own module names: checked when the backbone is built
+LAYER = Rule(
+    lambda v: v in LAYER_NAMES or (isinstance(v, str) and ("." in v or v.isidentifier()) and not _layer_like(v)),
+    f"one of: {', '.join(LAYER_NAMES)}, or a timm/torchvision module name (stages.2)",
+)
 RESUME_CHOICES = ("auto", "never", "overwrite")
 RESUME = Rule(
     lambda v: v in RESUME_CHOICES or Path(str(v)).expanduser().is_file(),
@@ -193,14 +204,15 @@ class LoggerConfig:
 @dataclass
 class EvalConfig:
     """kNN monitor and linear-probe protocol, shared by pretraining (online) and ``sslrun finetune``. ``layer``: the
-    backbone stage ``sslrun finetune`` evaluates, ``last`` or ``layer1`` .. ``layer4`` (pooled)."""
+    backbone stage ``sslrun finetune`` evaluates, ``last`` or ``layer1`` .. ``layer4`` (pooled), or a timm/torchvision
+    model's own module name."""
 
     knn_k: int = checked(20, POSITIVE_INT)
     knn_temperature: float = checked(0.1, POSITIVE)
     every_n_epochs: int = checked(1, POSITIVE_INT)
     probe_lr: float = checked(0.1, POSITIVE)
     probe_epochs: int = checked(100, POSITIVE_INT)
-    layer: str = checked("last", one_of(*LAYER_NAMES))
+    layer: str = checked("last", LAYER)
 
 
 @dataclass

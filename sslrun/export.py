@@ -128,5 +128,10 @@ def run(cfg: DictConfig) -> dict[str, str | int]:
         "load": recipe,
         **input_metadata(ckpt),
     }
+    if library and backbone_cfg.stem == "cifar":
+        summary["differs"] = (
+            f"backbone.stem=cifar: not {backbone.library}'s own {backbone.model_name} (stride-1 first convolution, "
+            "no stem max-pool); the load line makes the same changes after loading"
+        )
     console.print_metrics(summary, "exported backbone")
     return summary

@@ -3,7 +3,8 @@ features in the middle of the network (RotNet, Gidaris et al. 2018: conv block 2
 
 Every backbone has four stages named ``layer1`` .. ``layer4`` (ResNet: its four residual layers; ConvNet: its four
 conv stages; ViT: the blocks in four equal groups) and implements ``forward_layer(x, depth)`` -> pooled (B, C)
-features after stage ``depth`` (1-4; depth 4 is ``forward``), with the widths in ``layer_dims``.
+features after stage ``depth`` (1-4; depth 4 is ``forward``), with the widths in ``layer_dims``. A timm or
+torchvision model is also cut after any of its own modules by name (``eval.layer=stages.2``).
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ class LayerFeatures(nn.Module):
         return self.backbone.forward_layer(x, self.depth)
 
 
-def check_layer(layer: str) -> None:
-    if layer not in (LAST, *LAYERS):
-        raise ValueError(f"eval.layer={layer!r} is not one of: {LAST}, {', '.join(LAYERS)}")
-
-
 def at_layer(backbone: nn.Module, layer: str) -> nn.Module:
-    """``backbone`` itself for ``last`` (or ``layer4``), else its features after the named stage."""
-    check_layer(layer)
-    return backbone if layer in (LAST, LAYERS[-1]) else LayerFeatures(backbone, layer)
+    """``backbone`` itself for ``last`` (or ``layer4``), else its features after the named stage; a timm or
+    torchvision model also takes the name of one of its own modules (``stages.2``, ``features.8``)."""
+    if layer in (LAST, LAYERS[-1]):
+        return backbone
+    if layer in LAYERS:
+        return LayerFeatures(backbone, layer)
+    if hasattr(backbone, "named_stage"):
+        return backbone.named_stage(layer)
+    raise ValueError(f"eval.layer={layer!r} is not one of: {LAST}, {', '.join(LAYERS)}")

@@ -3,7 +3,8 @@ or ``backbone=torchvision backbone.model=mobilenet_v3_small``.
 
 The library's model is built unchanged apart from what the data forces (timm: ``in_chans`` and, for models that take
 one, ``img_size`` and a ``patch_size`` that divides it; torchvision: a first convolution for C != 3 channels) and with
-its classifier removed (timm ``num_classes=0``; torchvision: the last ``nn.Linear`` replaced by ``nn.Identity``), so
+its classifier removed (timm ``num_classes=0``; torchvision: the last ``nn.Linear``, and a dropout right before it,
+replaced by ``nn.Identity``), so
 ``sslrun export`` writes a state_dict that loads strict into the library's own model. Nothing is downloaded: start
 from a file with ``backbone.weights=PATH``.
 
@@ -52,7 +53,8 @@ class LibraryBackbone(nn.Module):
         feature_dim: int,
         prefix_tokens: int = 0,
         build_kwargs: dict | None = None,
-        changes: list[str] | None = None,
+        changes: list[tuple[str, str]] | None = None,
+        input_shape: tuple[int, int] = (3, 32),
     ) -> None:
         super().__init__()
         self.model = model
@@ -62,7 +64,9 @@ class LibraryBackbone(nn.Module):
         self.feature_dim = feature_dim
         self.prefix_tokens = prefix_tokens
         self.build_kwargs = build_kwargs or {}  # what the library's constructor was given besides the defaults
-        self.changes = changes or []  # (torchvision) modules replaced: (path, constructor expression)
+        # (path, expression): what sslrun changed in the library's model (a module replaced, a stride set), in order
+        self.changes = changes or []
+        self.input_shape = input_shape  # (channels, image size) it was built for: a named stage's dry run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -76,6 +80,63 @@ class LibraryBackbone(nn.Module):
                 f"{self.library} model {self.model_name} has no four stages sslrun can name; use eval.layer=last"
             )
         return self.pool(self._stage_output(x, self.stages[depth - 1]), self.layer_dims[depth - 1])
+
+    # a timm VisionTransformer's tokens, for method=mae (the interface of sslrun's own ViT: embed, encode, grid)
+    def vit(self) -> nn.Module:
+        m = self.model
+        if type(m).__name__ != "VisionTransformer" or getattr(m, "cls_token", None) is None:
+            raise ValueError(
+                f"method=mae needs a ViT with a class token (timm vit_*, deit_* without distillation); "
+                f"{self.library} {self.model_name} is not one"
+            )
+        return m
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.vit().patch_embed.patch_size[0])
+
+    @property
+    def grid(self) -> int:
+        return self.input_shape[1] // self.patch_size
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, D) patch tokens plus their position embeddings (timm's ``_pos_embed`` split)."""
+        m = self.vit()
+        tokens = m.patch_embed(x)
+        tokens = tokens.flatten(1, 2) if tokens.ndim == 4 else tokens
+        if m.pos_embed is not None:
+            tokens = tokens + (m.pos_embed if m.no_embed_class else m.pos_embed[:, m.num_prefix_tokens :])
+        return tokens
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, n, D) patch tokens (all, or MAE's visible subset) -> (B, 1 + n, D): the class token and the patches
+        after every block and the final norm (register tokens run with them and are dropped)."""
+        m = self.vit()
+        pos = None if m.pos_embed is None or m.no_embed_class else m.pos_embed[:, : m.num_prefix_tokens]
+        prefix = m.cls_token
+        if getattr(m, "reg_token", None) is not None:
+            prefix = torch.cat([prefix, m.reg_token], dim=1)
+        prefix = (prefix if pos is None else prefix + pos).expand(len(tokens), -1, -1)
+        h = m.norm_pre(m.pos_drop(torch.cat([prefix.to(tokens.dtype), tokens], dim=1)))
+        h = m.norm(m.blocks(h))
+        return torch.cat([h[:, :1], h[:, m.num_prefix_tokens :]], dim=1)
+
+    def named_stage(self, name: str) -> nn.Module:
+        """``eval.layer=<a module of the library's model>`` (e.g. ``stages.2``, ``features.8``): its pooled output."""
+        modules = [n for n, _ in self.model.named_modules() if n]
+        if name not in modules:
+            close = difflib.get_close_matches(name, modules, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(
+                f"eval.layer={name!r} is not last, layer1 .. layer4 or a module of {self.library} {self.model_name}"
+                f"{hint}; its stages are {', '.join(self.stages) or 'not named'}"
+            )
+        channels, size = self.input_shape
+        with torch.no_grad():
+            out = self._stage_output(torch.zeros(2, channels, size, size, device=_device(self)), name)
+        if not isinstance(out, torch.Tensor) or out.ndim not in (2, 3, 4):
+            raise ValueError(f"eval.layer={name!r}: that module gives no (B, C), (B, N, C) or (B, C, H, W) tensor")
+        return NamedStage(self, name, _channels(out))
 
     def _stage_output(self, x: torch.Tensor, stage: str) -> torch.Tensor:
         def stop(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
@@ -99,10 +160,33 @@ class LibraryBackbone(nn.Module):
         return features.mean(dim=(1, 2))
 
 
+def _device(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+def _channels(out: torch.Tensor) -> int:
+    """The channel count of a (B, C), (B, N, C) or (B, C, H, W) output; timm's NHWC maps are (B, H, W, C)."""
+    if out.ndim == 4 and out.shape[1] != out.shape[2] and out.shape[2] == out.shape[3]:
+        return int(out.shape[1])
+    return int(out.shape[-1]) if out.ndim == 4 else int(out.shape[1] if out.ndim == 2 else out.shape[2])
+
+
+class NamedStage(nn.Module):
+    """A library model cut after one of its own modules: the pooled output of that module."""
+
+    def __init__(self, backbone: LibraryBackbone, name: str, feature_dim: int) -> None:
+        super().__init__()
+        self.backbone, self.name, self.feature_dim = backbone, name, feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.backbone._stage_output(x, self.name)
+        return out if out.ndim == 2 else self.backbone.pool(out, self.feature_dim)
+
+
 def describe(cfg: BackboneConfig, stem: str | None = None) -> str:
     """The backbone in a few words: ``timm convnext_atto`` or ``resnet18 width=0.5 stem=cifar``."""
     if cfg.name in LIBRARY_BACKBONES:
-        return f"{cfg.name} {cfg.model}"
+        return f"{cfg.name} {cfg.model}" + (" stem=cifar" if cfg.stem == "cifar" else "")
     return f"{cfg.name} width={cfg.width} stem={stem or cfg.stem}"
 
 
@@ -129,8 +213,9 @@ def _kwargs(cfg: BackboneConfig, library: str) -> dict[str, Any]:
     return kwargs
 
 
-def _dry_run(model: nn.Module, in_channels: int, image_size: int, what: str, hooks: dict[str, nn.Module]):
-    """One forward pass of two blank images in eval mode: the output and each hooked module's output."""
+def _dry_run(model: nn.Module, in_channels: int, image_size: int, what: str, hooks: dict[str, nn.Module], order=None):
+    """One forward pass of two blank images in eval mode: the output and each hooked module's output (and, in
+    ``order``, the hooked modules' names in the order they first ran)."""
     outputs: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_hook(lambda _m, _i, o, n=n: outputs.setdefault(n, o)) for n, m in hooks.items()]
     training = model.training
@@ -148,6 +233,8 @@ def _dry_run(model: nn.Module, in_channels: int, image_size: int, what: str, hoo
         model.train(training)
         for handle in handles:
             handle.remove()
+    if order is not None:
+        order.extend(outputs)
     return features, outputs
 
 
@@ -161,6 +248,32 @@ def _describe_map(what: str, image_size: int, output: torch.Tensor | None, chann
     if output is not None and output.ndim == 4:
         h, w = output.shape[2:] if output.shape[1] == channels else output.shape[1:3]
         log.info("%s: %d px images reach a %dx%d feature map before pooling", what, image_size, h, w)
+
+
+def small_stem(model: nn.Module, what: str, in_channels: int, image_size: int) -> list[tuple[str, str]]:
+    """``backbone.stem=cifar`` for a library CNN: its first convolution at stride 1, and the first max-pool that runs
+    before the next strided convolution (a ResNet's, a DenseNet's) replaced by ``nn.Identity``: small images keep 4x
+    more positions. The weights keep their shapes: the library's model loads the export, then takes these changes."""
+    if getattr(model, "patch_embed", None) is not None:
+        raise ValueError(f"backbone.stem=cifar is for CNNs; {what} embeds patches: set backbone.patch_size instead")
+    order: list[str] = []
+    hooks = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.MaxPool2d))}
+    _dry_run(model, in_channels, max(image_size, 224), what, hooks, order=order)  # the order: a size it takes
+    convs = [n for n in order if isinstance(hooks[n], nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"backbone.stem=cifar: {what} has no convolution to make stride 1")
+    changes = []
+    if hooks[convs[0]].stride != (1, 1):
+        hooks[convs[0]].stride = (1, 1)
+        changes.append((f"{convs[0]}.stride", "(1, 1)"))
+    strided = [n for n in convs[1:] if hooks[n].stride != (1, 1)]
+    before = order[: order.index(strided[0])] if strided else order
+    pool = next((n for n in before if isinstance(hooks[n], nn.MaxPool2d)), None)
+    if pool is not None:
+        _replace(model, pool, nn.Identity())
+        changes.append((pool, "torch.nn.Identity()"))
+    log.info("%s: backbone.stem=cifar: %s", what, ", ".join(f"{p} = {e}" for p, e in changes) or "nothing to change")
+    return changes
 
 
 @BACKBONES.register("timm")
@@ -193,6 +306,7 @@ def build_timm(cfg: BackboneConfig, in_channels: int, image_size: int) -> Librar
             kwargs["patch_size"] = patch
             model = timm.create_model(name, pretrained=False, **fixed, **kwargs)
         log.info("%s: img_size=%d, patch_size=%d (%dx%d tokens)", what, image_size, patch, *(2 * [image_size // patch]))
+    changes = small_stem(model, what, in_channels, image_size) if cfg.stem == "cifar" else []
     info = list(getattr(model, "feature_info", []) or [])
     if len(info) >= 4:
         reductions = {entry["reduction"] for entry in info}
@@ -214,6 +328,8 @@ def build_timm(cfg: BackboneConfig, in_channels: int, image_size: int) -> Librar
         feature_dim,
         prefix_tokens=int(getattr(model, "num_prefix_tokens", 0) or 0),
         build_kwargs=kwargs,
+        changes=changes,
+        input_shape=(in_channels, image_size),
     )
 
 
@@ -261,6 +377,12 @@ def build_torchvision(cfg: BackboneConfig, in_channels: int, image_size: int) ->
         raise ValueError(f"{what} has no nn.Linear classifier to remove; choose another model")
     _replace(model, head, nn.Identity())
     changes.append((head, "torch.nn.Identity()"))
+    parent, _, leaf = head.rpartition(".")
+    if parent and leaf.isdigit() and int(leaf) > 0:  # the classifier's dropout on the features goes with it
+        before = f"{parent}.{int(leaf) - 1}"
+        if isinstance(model.get_submodule(before), nn.Dropout):
+            _replace(model, before, nn.Identity())
+            changes.append((before, "torch.nn.Identity()"))
     first = _first(model, nn.Conv2d)
     conv = model.get_submodule(first) if first else None
     if conv is not None and conv.in_channels != in_channels:
@@ -279,8 +401,11 @@ def build_torchvision(cfg: BackboneConfig, in_channels: int, image_size: int) ->
         log.info(
             "%s: first convolution %s made for %d-channel images: %s", what, first, in_channels, conv_expression(new)
         )
+    if cfg.stem == "cifar":
+        changes += small_stem(model, what, in_channels, image_size)
     # stages: the last module (in execution order) at each feature-map stride; the last four strides
-    candidates = {n: m for n, m in model.named_modules() if n and n.count(".") <= 1}
+    pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # the head's pooling is not a stage
+    candidates = {n: m for n, m in model.named_modules() if n and n.count(".") <= 1 and not isinstance(m, pools)}
     features, outputs = _dry_run(model, in_channels, image_size, what, candidates)
     feature_dim = _feature_dim(features, what)
     by_stride: dict[int, tuple[str, int]] = {}
@@ -300,6 +425,7 @@ def build_torchvision(cfg: BackboneConfig, in_channels: int, image_size: int) ->
         feature_dim,
         build_kwargs=kwargs,
         changes=changes,
+        input_shape=(in_channels, image_size),
     )
 
 
@@ -316,7 +442,8 @@ def load_snippet(backbone: LibraryBackbone, out: str, safetensors: bool) -> str:
     if backbone.library == "timm":
         args = [repr(backbone.model_name), "num_classes=0", f"in_chans={_in_channels(backbone)}"]
         args += [f"{k}={v!r}" for k, v in backbone.build_kwargs.items()]
-        return f"import timm; m = timm.create_model({', '.join(args)}, checkpoint_path={out!r})"
+        steps = [f"import timm, torch; m = timm.create_model({', '.join(args)}, checkpoint_path={out!r})"]
+        return "; ".join(steps + [f"m{_attribute(path)} = {expression}" for path, expression in backbone.changes])
     kwargs = "".join(f", {k}={v!r}" for k, v in backbone.build_kwargs.items())
     imports = "import torch, torchvision" + (", safetensors.torch" if safetensors else "")
     steps = [imports, f"m = torchvision.models.get_model({backbone.model_name!r}, weights=None{kwargs})"]
@@ -380,4 +507,4 @@ def build_module(cfg: BackboneConfig, in_channels: int, image_size: int) -> Modu
             "map or (B, N, D) tokens (one tensor)"
         )
     dim = int(out.shape[1] if out.ndim in (2, 4) else out.shape[2])
-    return ModuleBackbone(model, "module", qualified_name(model), [], [], dim)
+    return ModuleBackbone(model, "module", qualified_name(model), [], [], dim, input_shape=(in_channels, image_size))

@@ -2,7 +2,8 @@
 only the visible ones, and let a light transformer decoder (``decoder_depth`` blocks, ``decoder_dim`` wide, fixed
 sine-cosine positions, a learnt mask token) predict the pixels of the hidden patches; the loss is the mean squared
 error over hidden patches, against per-patch standardised pixels with ``norm_pix_loss`` (MAE's default, better
-features). Needs a ViT backbone (``backbone=vit_tiny|vit_small``; the method's default is ``vit_tiny``).
+features). Needs a ViT backbone (``backbone=vit_tiny|vit_small``, or ``backbone=timm`` with a timm
+VisionTransformer such as ``deit_tiny_patch16_224``; the method's default is ``vit_tiny``).
 
 Scaled for small images and short runs: decoder 128 wide, 2 blocks, 4 heads (MAE: 512, 8, 16). One view, crop
 (20-100% of the area) and flip only, as MAE. Its linear probe is weak by nature (the features are not linearly
@@ -29,10 +30,12 @@ class MAE(SSLMethod):
     """masked autoencoder (ViT backbones)"""
 
     views = single_view(scale=(0.2, 1.0))
-    backbones = ("vit_tiny", "vit_small")
+    backbones = ("vit_tiny", "vit_small", "timm")  # timm: a VisionTransformer (vit_*, deit_*)
 
     def build(self, config: MAE.Config, inputs: Inputs) -> None:
         self.channels = inputs.shape[0]
+        if hasattr(self.backbone, "vit"):
+            self.backbone.vit()  # one line when the timm model is not a ViT
         self.patch = self.backbone.patch_size
         self.patches = self.backbone.grid**2
         self.visible = max(1, round(self.patches * (1 - config.mask_ratio)))

@@ -31,6 +31,20 @@ def test_every_backbone_maps_images_to_feature_dim(name, model, in_channels, siz
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("name,model", CASES)
+def test_every_backbone_runs_channels_last_under_bf16_autocast(name, model):
+    """What trainer.channels_last=true and precision=bf16-mixed do to it: the same features, to bf16's precision."""
+    net = BACKBONES.build(name, small(name, model), 3, 32)  # training mode: batch statistics, as in pretraining
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = net(x)
+        net = net.to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x.contiguous(memory_format=torch.channels_last))
+    assert out.shape == ref.shape  # (a final LayerNorm runs in fp32 under autocast)
+    assert torch.nn.functional.cosine_similarity(out.float(), ref).min() > 0.95  # bf16 through ~50 layers
+
+
 @pytest.mark.parametrize("name", OWN)
 def test_width_multiplier_scales_parameters(name):
     narrow = BACKBONES.build(name, cfg(name, width=0.25), 3, 32)
@@ -59,8 +73,33 @@ def test_every_backbone_has_four_named_stages_and_the_last_is_its_output(name, m
         assert cut(x).shape == (2, model.layer_dims[depth - 1]) == (2, cut.feature_dim)
     if "vit" not in name and "deit" not in str(getattr(model, "model_name", "")):
         assert model.forward_layer(x, 1).shape != model(x).shape  # the stages widen
-    with pytest.raises(ValueError, match="eval.layer='layer9' is not one of: last, layer1"):
+    with pytest.raises(ValueError, match="eval.layer='layer9' is not"):
         at_layer(model, "layer9")
+    if name in LIBRARY_MODELS:  # the library's own module names too
+        own = at_layer(model, model.stages[1])
+        torch.testing.assert_close(own(x), model.forward_layer(x, 2))
+        assert own.feature_dim == model.layer_dims[1]
+        with pytest.raises(ValueError, match=f"did you mean {model.stages[1]}"):
+            at_layer(model, model.stages[1] + "x")
+
+
+@pytest.mark.parametrize("library,model", [("timm", "resnet10t"), ("torchvision", "resnet18")])
+def test_small_image_stem_for_library_models_keeps_positions_and_loads_into_the_library(library, model, tmp_path):
+    from sslrun.backbones.library import load_snippet
+
+    own = BACKBONES.build(library, cfg(library, model=model), 1, 28)
+    small = BACKBONES.build(library, cfg(library, model=model, stem="cifar"), 1, 28).eval()
+    assert len(small.changes) - len(own.changes) == 2  # the first conv's stride, the stem max-pool
+    x = torch.randn(2, 1, 28, 28)
+    maps = [b._stage_output(x, b.stages[0]).shape[-1] for b in (own, small)]
+    assert maps[1] == 4 * maps[0]  # 4x the positions per side after the first stage
+    torch.save(small.model.state_dict(), tmp_path / "enc.pth")
+    scope = {}
+    exec(load_snippet(small, str(tmp_path / "enc.pth"), False), scope)  # the library's model, changed as exported
+    with torch.no_grad():
+        torch.testing.assert_close(scope["m"].eval()(x), small(x))
+    with pytest.raises(ValueError, match="stem=cifar is for CNNs"):
+        BACKBONES.build("timm", cfg("timm", model="deit_tiny_patch16_224", stem="cifar"), 1, 28)
 
 
 def test_vit_patches_positions_and_errors():

@@ -16,10 +16,12 @@ from sslrun.checkpoint import load_pretrained
 from sslrun.config import backbone_config
 
 CASES = {"timm": ("regnetx_002", "enc.pth", "timm"), "torchvision": ("mobilenet_v3_small", "enc.safetensors", "auto")}
+STEM = {"timm": [], "torchvision": ["backbone.stem=cifar"]}  # the small-image stem once: the export says it differs
 
 
 def library_args(library: str) -> list[str]:
-    return [*TINY[:3], f"backbone={library}", f"backbone.model={CASES[library][0]}", "trainer=debug"]
+    model = CASES[library][0]
+    return [*TINY[:3], f"backbone={library}", f"backbone.model={model}", *STEM[library], "trainer=debug"]
 
 
 @pytest.mark.parametrize("library", sorted(CASES))
@@ -39,11 +41,12 @@ def test_a_library_model_pretrains_resumes_finetunes_exports_and_loads_into_the_
     )  # fmt: skip
     assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
     tuned = json.loads((tmp_path / "ft" / "metrics.json").read_text())
-    assert "top1" in tuned and tuned["backbone"] == f"{library} {model}"
+    assert "top1" in tuned and tuned["backbone"] == f"{library} {model}" + (" stem=cifar" if STEM[library] else "")
 
     out = tmp_path / filename
     export = sslrun("export", f"pretrained={run}", f"out={out}", f"format={file_format}", cwd=tmp_path)
     assert export.returncode == 0, export.stderr[-3000:]
+    assert ("differs" in export.stdout) == bool(STEM[library])  # the summary's row: not the library's own model
     ckpt = load_pretrained(str(run))
     ours = BACKBONES.build(library, backbone_config(ckpt.config["backbone"]), ckpt.in_channels, ckpt.image_size)
     ours.load_state_dict(ckpt.backbone_state)

@@ -13,28 +13,34 @@ from sslrun.methods import METHODS
 
 WORKER = Path(__file__).parents[1] / "helpers" / "ddp_worker.py"
 FIXED_BUFFERS = {"permutations"}  # jigsaw's permutation set: part of the state, constant by design
+# contrastive with both loss backends, every other method, and one library model of each kind
+JOBS = [
+    "contrastive:chunked",
+    "contrastive:naive",
+    *[name for name in METHODS.names() if name != "contrastive"],
+    "contrastive:naive:timm:regnetx_002",
+    "contrastive:naive:torchvision:resnet18",  # mobilenet: tiny gradients
+]
 
 
-def run_worker(tmp_path: Path, method: str, devices: int, backend: str, backbone: str | None = None) -> dict:
-    out = tmp_path / f"{method}-{backend}-{devices}.pt"
-    cmd = [
-        sys.executable,
-        str(WORKER),
-        "--method",
-        method,
-        "--devices",
-        str(devices),
-        "--backend",
-        backend,
-        "--out",
-        str(out),
-        *(["--backbone", backbone] if backbone else []),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = torch.load(out, weights_only=True)
-    result["ranks"] = [result] + [torch.load(f"{out}.rank{rank}", weights_only=True) for rank in range(1, devices)]
-    return result
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory) -> dict[int, Path]:
+    """Every job at world size 1 and at 2: one launch each (the processes import torch once, not once per job)."""
+    out = {}
+    for devices in (1, 2):
+        folder = tmp_path_factory.mktemp(f"world{devices}")
+        cmd = [sys.executable, str(WORKER), "--devices", str(devices), "--out", str(folder), *JOBS]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=folder)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[devices] = folder
+    return out
+
+
+def result(worlds: dict[int, Path], job: str, devices: int) -> dict:
+    out = worlds[devices] / f"{job.replace(':', '-')}.pt"
+    found = torch.load(out, weights_only=True)
+    found["ranks"] = [found] + [torch.load(f"{out}.rank{rank}", weights_only=True) for rank in range(1, devices)]
+    return found
 
 
 def assert_same_step(single: dict, double: dict) -> None:
@@ -55,21 +61,8 @@ def assert_same_step(single: dict, double: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["chunked", "naive"])
-def test_contrastive_ddp_equals_single_process(tmp_path, backend):
-    assert_same_step(run_worker(tmp_path, "contrastive", 1, backend), run_worker(tmp_path, "contrastive", 2, backend))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", [name for name in METHODS.names() if name != "contrastive"])
-def test_method_ddp_equals_single_process(tmp_path, method):
+@pytest.mark.parametrize("job", JOBS)
+def test_ddp_equals_single_process(worlds, job):
     """Every parameter and buffer (teachers after their EMA step, queues after their enqueue, DINO's centre) is the
     single-process one on both ranks: a queue that enqueued only its rank's keys would differ on rank 1."""
-    assert_same_step(run_worker(tmp_path, method, 1, "naive"), run_worker(tmp_path, method, 2, "naive"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["timm:regnetx_002", "torchvision:resnet18"])  # mobilenet: tiny gradients
-def test_library_backbone_ddp_equals_single_process(tmp_path, backbone):
-    single = run_worker(tmp_path, "contrastive", 1, "naive", backbone)
-    assert_same_step(single, run_worker(tmp_path, "contrastive", 2, "naive", backbone))
+    assert_same_step(result(worlds, job, 1), result(worlds, job, 2))

@@ -51,12 +51,23 @@ def without_batchnorm(module: torch.nn.Module) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--method", required=True)
     parser.add_argument("--devices", type=int, required=True)
-    parser.add_argument("--backend", default="naive")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--backbone", help="library:model, e.g. timm:regnetx_002 (default: a narrow own backbone)")
+    parser.add_argument("--out", required=True, help="a folder: one <job>.pt per job (and .rank<r> per other rank)")
+    parser.add_argument("jobs", nargs="+", help="method[:backend[:library:model]], e.g. contrastive:naive:timm:regnetx_002")
     args = parser.parse_args()
+    for job in args.jobs:  # every job in one launch: the processes start (and import torch) once
+        method, backend, backbone = parse_job(job)
+        out = os.path.join(args.out, f"{job.replace(':', '-')}.pt")
+        run_job(argparse.Namespace(method=method, backend=backend, backbone=backbone, devices=args.devices, out=out))
+
+
+def parse_job(job: str) -> tuple[str, str, str | None]:
+    """``method[:backend[:library:model]]`` -> (method, loss backend, library:model or None)."""
+    method, backend, *backbone = [*job.split(":"), "naive"][: max(2, len(job.split(":")))]
+    return method, backend, ":".join(backbone) or None
+
+
+def run_job(args: argparse.Namespace) -> None:
     if args.backbone:
         library, model_name = args.backbone.split(":")
         backbone = [f"backbone={library}", f"backbone.model={model_name}"]

@@ -8,7 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
-from sslrun.config import validate
+from sslrun.config import LIBRARY_BACKBONES, validate
 from sslrun.data.recipes import recipe_views
 from sslrun.methods import METHODS
 from sslrun.pretrain import schema
@@ -19,7 +19,8 @@ SIZE = 16
 def method_config(name: str, *extra: str, backbone: str | None = None) -> dict:
     GlobalHydra.instance().clear()
     backbone = backbone or (METHODS.get(name).backbones or ("convnet",))[0]
-    overrides = [f"method={name}", f"backbone={backbone}", "backbone.width=0.25", "trainer=debug", "optim=sgd", *extra]
+    width = [] if backbone in LIBRARY_BACKBONES else ["backbone.width=0.25"]  # a library model's size is its name
+    overrides = [f"method={name}", f"backbone={backbone}", *width, "trainer=debug", "optim=sgd", *extra]
     with initialize_config_module("sslrun.configs", version_base="1.3"):
         cfg = compose("pretrain", overrides=overrides)
     return OmegaConf.to_container(validate(cfg, schema(cfg)), resolve=True)

@@ -36,6 +36,19 @@ def test_joint_embedding_methods_train_a_vit(name):
     assert losses[-1] < losses[0], losses
 
 
+def test_mae_trains_a_timm_vit_through_its_tokens():
+    """A timm ViT's embed/encode split is its own forward_features (exactly), and MAE's loss falls on it."""
+    torch.manual_seed(0)
+    model = build("mae", "backbone.model=deit_tiny_patch16_224", backbone="timm")
+    vit, x = model.backbone, torch.randn(2, 1, SIZE, SIZE)
+    assert (vit.patch_size, vit.grid) == (4, 4)
+    torch.testing.assert_close(vit.encode(vit.embed(x)), vit.model.forward_features(x))
+    losses, _ = train_on_a_fixed_batch(model, fixed_views(model, n=16), steps=5)
+    assert losses[-1] < losses[0], losses
+    with pytest.raises(ValueError, match="method=mae needs a ViT with a class token"):
+        build("mae", "backbone.model=regnetx_002", backbone="timm")
+
+
 @pytest.mark.parametrize("name", METHODS.names())
 def test_probe_gets_no_gradient_into_the_backbone(name):
     model = build(name)
