@@ -147,6 +147,12 @@ def main() -> None:
     parser.add_argument("--both", nargs="*", default=[], help="overrides for pretrain and finetune")
     parser.add_argument("--results", help="also append one row per method to this results/*.jsonl file")
     parser.add_argument("--label", help="a name for the backbone of these runs, added to each --results row")
+    parser.add_argument(
+        "--random-variants",
+        nargs="*",
+        default=[],
+        help="more random-init rows, each with its own overrides (comma-separated), e.g. eval.precise_bn=false",
+    )
     parser.add_argument("overrides", nargs="*", help="overrides for pretrain only")
     args = parser.parse_args()
     origin = provenance(this_command()) if args.results else {}
@@ -164,6 +170,17 @@ def main() -> None:
     rows = [summarise("random init", random_runs, [], args)]
     if args.results:
         append_row(args.results, result_row("random init", random_seeds, random_runs, [], args) | origin)
+    for variant in args.random_variants:  # the same random init under other evaluation settings: a stronger baseline?
+        extra = variant.split(",")
+        name, tag = f"random init ({' '.join(extra)})", "random-" + "-".join(e.replace("=", "_") for e in extra)
+        varied = argparse.Namespace(**{**vars(args), "both": [*args.both, *extra]})
+        runs = [(seed, r) for seed in args.seeds if "last" in (r := evaluate(out, tag, seed, "none", varied))]
+        for seed, r in runs:
+            log.write(json.dumps({"method": name, "seed": seed, "eval": r}) + "\n")
+        rows.append(summarise(name, [r for _, r in runs], [], args))
+        if args.results:
+            row = result_row(name, [seed for seed, _ in runs], [r for _, r in runs], [], args)
+            append_row(args.results, row | origin)
     for method in methods:
         runs, pretrains, seeds = [], [], []
         for seed in args.seeds:

@@ -213,6 +213,8 @@ class EvalConfig:
     probe_lr: float = checked(0.1, POSITIVE)
     probe_epochs: int = checked(100, POSITIVE_INT)
     layer: str = checked("last", LAYER)
+    # recompute batch-norm statistics on 2048 train images before embedding (auto: for timm/torchvision/module models)
+    precise_bn: Any = checked("auto", Rule(lambda v: v in ("auto", True, False), "auto, true or false"))
 
 
 @dataclass

@@ -23,7 +23,7 @@ from sslrun.checkpoint import load_pretrained
 from sslrun.config import FinetuneConfig, backbone_config
 from sslrun.data import SSLDataModule
 from sslrun.eval.classifier import Classifier
-from sslrun.eval.features import extract_features, knn_predict, topk_accuracy
+from sslrun.eval.features import extract_features, knn_predict, precise_bn, topk_accuracy, uses_precise_bn
 from sslrun.optim import optim_schema
 from sslrun.outputs import read_metrics, record_config, run_dir, write_metrics
 from sslrun.trainer import build_trainer
@@ -78,8 +78,9 @@ def run(cfg: DictConfig) -> dict[str, float | int | str]:
         "labelled_images": len(data.splits.train),  # the train images used: the data.label_fraction subset
     }
     if cfg.mode == "linear":
-        model, train_loader, val_loader, knn_top1 = _linear_setup(cfg, backbone, data)
+        model, train_loader, val_loader, knn_top1, calibrated = _linear_setup(cfg, backbone, data, backbone_cfg.name)
         metrics["knn_top1"] = knn_top1
+        metrics["precise_bn_images"] = calibrated
     else:
         model = Classifier(
             backbone, backbone.feature_dim, data.num_classes, cfg.optim, cfg.data.batch_size, cfg.trainer.channels_last
@@ -102,11 +103,14 @@ def run(cfg: DictConfig) -> dict[str, float | int | str]:
     return metrics
 
 
-def _linear_setup(cfg: DictConfig, backbone: nn.Module, data: SSLDataModule):
+def _linear_setup(cfg: DictConfig, backbone: nn.Module, data: SSLDataModule, backbone_name: str):
     """Embed both splits once with the frozen backbone (plain eval transform); standardise with train statistics."""
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     backbone.to(device)
     train_eval, val_eval = data.eval_dataloaders()
+    calibrated = precise_bn(backbone, train_eval, device) if uses_precise_bn(cfg.eval.precise_bn, backbone_name) else 0
+    if calibrated:
+        log.info("eval.precise_bn: batch-norm statistics recomputed on %d train images", calibrated)
     train_x, train_y = extract_features(backbone, train_eval, device)
     val_x, val_y = extract_features(backbone, val_eval, device)
     knn = knn_predict(train_x, train_y, val_x, data.num_classes, cfg.eval.knn_k, cfg.eval.knn_temperature)
@@ -120,4 +124,4 @@ def _linear_setup(cfg: DictConfig, backbone: nn.Module, data: SSLDataModule):
         TensorDataset(train_x, train_y), batch_size=cfg.data.batch_size, shuffle=True, generator=generator
     )
     val_loader = DataLoader(TensorDataset(val_x, val_y), batch_size=1024)
-    return model, train_loader, val_loader, topk_accuracy(knn, val_y, 1)
+    return model, train_loader, val_loader, topk_accuracy(knn, val_y, 1), calibrated

@@ -14,6 +14,7 @@ from sslrun.callbacks.throughput import Throughput
 from sslrun.config import PretrainConfig
 from sslrun.data import SSLDataModule
 from sslrun.data.base import check_label_fraction
+from sslrun.eval.features import uses_precise_bn
 from sslrun.methods import METHODS
 from sslrun.optim import optim_schema
 from sslrun.outputs import read_metrics, record_config, run_dir, write_metrics
@@ -47,7 +48,10 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     normalization = {"mean": list(data.splits.mean), "std": list(data.splits.std)}
     model = method_cls(config, data.channels, data.image_size, data.num_classes, normalization)
     throughput = Throughput()
-    knn = KNNMonitor(cfg.eval.knn_k, cfg.eval.knn_temperature, cfg.eval.every_n_epochs, cfg.trainer.channels_last)
+    precise = uses_precise_bn(cfg.eval.precise_bn, cfg.backbone.name)
+    knn = KNNMonitor(
+        cfg.eval.knn_k, cfg.eval.knn_temperature, cfg.eval.every_n_epochs, cfg.trainer.channels_last, precise
+    )
     grids = ImageGrids(out, cfg.eval.every_n_epochs)
     manual = not model.automatic_optimization
     callbacks = [throughput, knn, grids]

@@ -10,7 +10,7 @@ import logging
 import pytorch_lightning as pl
 
 from sslrun.callbacks.epochs import evaluation_due
-from sslrun.eval.features import extract_features, knn_predict, rankme, topk_accuracy
+from sslrun.eval.features import extract_features, knn_predict, precise_bn, rankme, topk_accuracy
 
 log = logging.getLogger(__name__)
 COLLAPSED_RANK = 2.0  # RankMe at or below this: the embeddings span about one or two directions
@@ -28,8 +28,11 @@ def collapse_warning(value: float, best: float, max_rank: int) -> str | None:
 
 
 class KNNMonitor(pl.Callback):
-    def __init__(self, k: int, temperature: float, every_n_epochs: int = 1, channels_last: bool = False) -> None:
+    def __init__(
+        self, k: int, temperature: float, every_n_epochs: int = 1, channels_last: bool = False, precise: bool = False
+    ) -> None:
         self.k = k
+        self.precise = precise  # eval.precise_bn: recompute batch-norm statistics before embedding
         self.temperature = temperature
         self.every_n_epochs = max(1, every_n_epochs)
         self.channels_last = channels_last
@@ -65,6 +68,8 @@ class KNNMonitor(pl.Callback):
         train_loader, val_loader = trainer.datamodule.eval_dataloaders()
         ctx = trainer.precision_plugin.forward_context
         args = (pl_module.device, ctx, self.channels_last)
+        if self.precise:
+            precise_bn(pl_module.backbone, train_loader, *args)
         feats, labels = extract_features(pl_module.backbone, val_loader, *args)
         rank = rankme(feats)
         self.best_rankme = max(self.best_rankme, rank)

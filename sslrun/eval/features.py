@@ -33,6 +33,58 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels)
 
 
+PRECISE_BN_IMAGES = 2048
+
+
+def uses_precise_bn(setting: str | bool, backbone_name: str) -> bool:
+    """``eval.precise_bn``: ``auto`` is on for library models (timm, torchvision, a user's module), off for sslrun's
+    own, whose tables were measured without it and whose batch norm (momentum 0.1) keeps up at short budgets."""
+    from sslrun.config import LIBRARY_BACKBONES
+
+    return backbone_name in LIBRARY_BACKBONES if setting == "auto" else bool(setting)
+
+
+@torch.no_grad()
+def precise_bn(
+    backbone: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    channels_last: bool = False,
+    max_images: int = PRECISE_BN_IMAGES,
+) -> int:
+    """Recompute every batch norm's running statistics as the plain average over the first ``max_images`` images of
+    ``loader`` ("precise BN", Wu & Johnson 2021, as pycls does before evaluating). Libraries set momenta for long
+    ImageNet schedules (torchvision's MobileNetV3 and EfficientNet: 0.01), so at a short budget, and always at random
+    init, the running statistics are mostly their initial (0, 1) and eval-mode features shrink layer after layer.
+    Only the batch norms run in training mode (dropout stays off). Returns the images used (0: no batch norm)."""
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    was_training, momenta = backbone.training, [m.momentum for m in norms]
+    backbone.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average of the batches' statistics
+        m.train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    seen = 0
+    try:
+        for images, _ in loader:
+            if len(images) < 2:
+                continue
+            with autocast():
+                backbone(images[: max_images - seen].to(device, memory_format=memory_format))
+            seen += min(len(images), max_images - seen)
+            if seen >= max_images:
+                break
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        backbone.train(was_training)
+    return seen
+
+
 def knn_predict(
     bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int, k: int, temperature: float
 ) -> torch.Tensor:
