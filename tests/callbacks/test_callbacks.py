@@ -58,3 +58,23 @@ def test_rankme_counts_the_used_dimensions():
     collapsed = torch.randn(512, 1) @ torch.randn(1, 8)
     assert rankme(full) == pytest.approx(8, rel=0.1)
     assert rankme(collapsed) == pytest.approx(1, abs=0.01)
+
+
+def test_precise_bn_recomputes_running_statistics_as_the_average_over_the_images():
+    from sslrun.eval.features import precise_bn, uses_precise_bn
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.01), torch.nn.Dropout(0.5))
+    x = torch.randn(96, 1, 8, 8) * 3 + 2
+    loader = [(x[i : i + 32], torch.zeros(32)) for i in range(0, 96, 32)]
+    assert precise_bn(net, loader, torch.device("cpu"), max_images=64) == 64  # two batches of the three
+    bn = net[1]
+    with torch.no_grad():
+        batches = [net[0](x[i : i + 32]) for i in (0, 32)]
+    expected_mean = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    expected_var = torch.stack([b.var(dim=(0, 2, 3), unbiased=True) for b in batches]).mean(0)
+    torch.testing.assert_close(bn.running_mean, expected_mean)
+    torch.testing.assert_close(bn.running_var, expected_var)
+    assert bn.momentum == 0.01 and net.training  # restored
+    assert precise_bn(torch.nn.Linear(2, 2), loader, torch.device("cpu")) == 0  # nothing to recompute
+    assert uses_precise_bn("auto", "timm") and not uses_precise_bn("auto", "resnet18") and uses_precise_bn(True, "x")

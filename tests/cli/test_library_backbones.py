@@ -41,6 +41,7 @@ def test_a_library_model_pretrains_resumes_finetunes_exports_and_loads_into_the_
     )  # fmt: skip
     assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
     tuned = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert tuned["precise_bn_images"] > 0  # eval.precise_bn=auto: on for a library model
     assert "top1" in tuned and tuned["backbone"] == f"{library} {model}" + (" stem=cifar" if STEM[library] else "")
 
     out = tmp_path / filename
