@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, required=True)
     parser.add_argument("--out", required=True, help="a folder: one <job>.pt per job (and .rank<r> per other rank)")
-    parser.add_argument("jobs", nargs="+", help="method[:backend[:library:model]], e.g. contrastive:naive:timm:regnetx_002")
+    parser.add_argument("jobs", nargs="+", help="method[:backend[:library:model]], e.g. byol, contrastive:chunked")
     args = parser.parse_args()
     for job in args.jobs:  # every job in one launch: the processes start (and import torch) once
         method, backend, backbone = parse_job(job)
