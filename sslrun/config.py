@@ -213,6 +213,10 @@ class EvalConfig:
     probe_lr: float = checked(0.1, POSITIVE)
     probe_epochs: int = checked(100, POSITIVE_INT)
     layer: str = checked("last", LAYER)
+    # evaluation (kNN monitor, RankMe, finetune's features) on at most this many images per split: seeded,
+    # class-stratified subsets; null for all
+    max_train_images: int | None = checked(10000, POSITIVE_INT)
+    max_val_images: int | None = checked(5000, POSITIVE_INT)
     # recompute batch-norm statistics on 2048 train images before embedding (auto: for timm/torchvision/module models)
     precise_bn: Any = checked("auto", Rule(lambda v: v in ("auto", True, False), "auto, true or false"))
 

@@ -67,6 +67,7 @@ def run(cfg: DictConfig) -> dict[str, float | int | str]:
     record_config(cfg, "finetune", continuing=start_from is not None)
     if resume.announce(start_from, cfg.trainer):
         return read_metrics(out)
+    evaluated = data.bound_evaluation(cfg.eval.max_train_images, cfg.eval.max_val_images)
     backbone, backbone_cfg = build_backbone(cfg, data)
     params = sum(p.numel() for p in backbone.parameters())
     backbone = at_layer(backbone, cfg.eval.layer)
@@ -81,6 +82,7 @@ def run(cfg: DictConfig) -> dict[str, float | int | str]:
         model, train_loader, val_loader, knn_top1, calibrated = _linear_setup(cfg, backbone, data, backbone_cfg.name)
         metrics["knn_top1"] = knn_top1
         metrics["precise_bn_images"] = calibrated
+        metrics.update(evaluated)
     else:
         model = Classifier(
             backbone, backbone.feature_dim, data.num_classes, cfg.optim, cfg.data.batch_size, cfg.trainer.channels_last

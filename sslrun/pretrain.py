@@ -45,6 +45,7 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     record_config(cfg, "pretrain", continuing=start_from is not None)
     if resume.announce(start_from, cfg.trainer):
         return read_metrics(out)
+    evaluated = data.bound_evaluation(cfg.eval.max_train_images, cfg.eval.max_val_images)
     normalization = {"mean": list(data.splits.mean), "std": list(data.splits.std)}
     model = method_cls(config, data.channels, data.image_size, data.num_classes, normalization)
     throughput = Throughput()
@@ -66,6 +67,7 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
         steps=trainer.global_step,
         seconds=time.perf_counter() - start,
         backbone_params=sum(p.numel() for p in model.backbone.parameters()),
+        **evaluated,
     )
     if start_from is not None:
         metrics["resumed_from_step"] = start_from.step

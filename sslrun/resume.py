@@ -34,6 +34,9 @@ MAY_DIFFER = (
     "eval.every_n_epochs",
     "eval.knn_k",
     "eval.knn_temperature",
+    "eval.precise_bn",
+    "eval.max_train_images",
+    "eval.max_val_images",
 )
 
 

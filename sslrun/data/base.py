@@ -142,6 +142,18 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tens
     return torch.cat(keep).sort().values
 
 
+def bounded_subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """At most ``limit`` items of ``dataset``: a seeded, class-stratified subset (``label_subset`` at the fraction
+    that gives ``limit``), or the dataset itself when it is no larger (or ``limit`` is None)."""
+    if limit is None or len(dataset) <= limit:
+        return dataset
+    keep = label_subset(split_labels(dataset), limit / len(dataset), seed)
+    if len(keep) > limit:  # each class rounds up to at least one item
+        drop = torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))[:limit]
+        keep = keep[drop].sort().values
+    return Subset(dataset, keep.tolist())
+
+
 def check_label_fraction(cfg: DataConfig, stage: str) -> None:
     if stage == "pretrain" and cfg.label_fraction != 1.0:
         raise ValueError(
@@ -272,12 +284,40 @@ class SSLDataModule(pl.LightningDataModule):
         """(train, val) loaders with the eval transform, in dataset order; built once so workers persist."""
         return self._eval_loaders
 
+    def bound_evaluation(self, max_train: int | None, max_val: int | None) -> dict[str, int]:
+        """Evaluation (``eval_dataloaders``: the kNN monitor, RankMe, ``finetune``'s features) on at most
+        ``max_train`` / ``max_val`` images of each split (``eval.max_train_images``, ``eval.max_val_images``): seeded,
+        class-stratified subsets, so its cost does not grow with the dataset. Returns the image counts used and says
+        them in the log when a split was cut."""
+        if "_eval_loaders" in self.__dict__:
+            raise RuntimeError("bound_evaluation must come before the first eval_dataloaders()")
+        counts = {}
+        for name, limit in (("train", max_train), ("val", max_val)):
+            split = getattr(self.splits, name)
+            subset = bounded_subset(split, limit, self._seed)
+            self._eval_splits[name] = subset
+            counts[f"eval_{name}_images"] = len(subset)
+            if len(subset) < len(split):
+                log.info(
+                    "evaluation uses %d of the %d %s images (eval.max_%s_images=%d; null for all)",
+                    len(subset),
+                    len(split),
+                    name,
+                    name,
+                    limit,
+                )
+        return counts
+
+    @cached_property
+    def _eval_splits(self) -> dict[str, Dataset]:
+        return {"train": self.splits.train, "val": self.splits.val}
+
     @cached_property
     def _eval_loaders(self) -> tuple[DataLoader, DataLoader]:
         transform = eval_transform(self.image_size, self.splits.mean, self.splits.std)
         return tuple(
-            self._loader(Transformed(split, transform), shuffle=False, drop_last=False)
-            for split in (self.splits.train, self.splits.val)
+            self._loader(Transformed(self._eval_splits[name], transform), shuffle=False, drop_last=False)
+            for name in ("train", "val")
         )
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:

@@ -151,11 +151,14 @@ def test_export_never_destroys_a_run_nor_an_existing_file(pretrain_run, tmp_path
 
 def test_finetune_on_a_label_fraction_records_the_images_it_used(pretrain_run, tmp_path):
     args = ["data.limit=64", "data.batch_size=4", "data.num_workers=0", "trainer=debug", f"hydra.run.dir={tmp_path}"]
-    proc = sslrun("finetune", f"pretrained={pretrain_run}", *args, "data.label_fraction=0.1", cwd=tmp_path)
+    bound = "eval.max_val_images=20"  # evaluation on a bounded subset of the val split, said in the log
+    proc = sslrun("finetune", f"pretrained={pretrain_run}", *args, "data.label_fraction=0.1", bound, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     # the 64 train images hold fewer than 15 of each of the 10 classes: one image per class
     assert metrics["label_fraction"] == 0.1 and metrics["labelled_images"] == 10
+    assert metrics["eval_train_images"] == 10 and metrics["eval_val_images"] == 20
+    assert "evaluation uses 20 of the 64 val images" in (tmp_path / "finetune.log").read_text()
     for fraction in ("0", "1.5"):
         tune = sslrun("finetune", f"data.label_fraction={fraction}", cwd=tmp_path)
         assert_user_error(tune, f"data.label_fraction={float(fraction)} must be in (0, 1]")

@@ -17,7 +17,7 @@ from torchvision import datasets
 
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS, SSLDataModule
-from sslrun.data.base import label_subset, split_labels, square_image
+from sslrun.data.base import TensorImages, bounded_subset, label_subset, split_labels, square_image
 from sslrun.data.imagefolder import ImageFiles
 
 CONFIGS = Path(__file__).resolve().parents[2] / "sslrun" / "configs" / "data"
@@ -310,3 +310,12 @@ def test_label_fraction_reduces_the_finetune_train_split_only(caplog):
 def test_split_labels_reads_image_files_without_decoding_them():
     files = ImageFiles([(f"/nowhere/{i}.png", i % 3) for i in range(7)], channels=3)
     assert split_labels(torch.utils.data.Subset(files, [6, 1, 2])).tolist() == [0, 1, 2]
+
+
+def test_bounded_subset_is_at_most_the_limit_stratified_seeded_and_whole_below_it():
+    data = TensorImages(torch.zeros(1000, 1, 2, 2, dtype=torch.uint8), torch.arange(1000) % 4)
+    assert bounded_subset(data, None, 0) is data and bounded_subset(data, 1000, 0) is data
+    cut = bounded_subset(data, 101, seed=0)
+    labels = split_labels(cut)
+    assert 97 <= len(cut) <= 101 and set(torch.bincount(labels).tolist()) <= {25, 26}  # each class near its share
+    assert cut.indices == bounded_subset(data, 101, seed=0).indices != bounded_subset(data, 101, seed=1).indices
