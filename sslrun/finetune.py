@@ -96,6 +96,7 @@ def run(cfg: DictConfig) -> dict[str, float | int | str]:
         model, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=start_from and start_from.path
     )
     metrics.update(top1=float(trainer.callback_metrics["top1"]), top5=float(trainer.callback_metrics["top5"]))
+    metrics["unreadable_images"] = len(data.unreadable_images())
     metrics["backbone"] = describe(backbone_cfg)
     metrics["backbone_params"] = params
     if trainer.is_global_zero:

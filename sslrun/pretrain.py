@@ -11,6 +11,7 @@ from sslrun import console, resume
 from sslrun.callbacks.image_grid import ImageGrids
 from sslrun.callbacks.knn import KNNMonitor
 from sslrun.callbacks.throughput import Throughput
+from sslrun.callbacks.unreadable import UnreadableImages
 from sslrun.config import PretrainConfig
 from sslrun.data import SSLDataModule
 from sslrun.data.base import check_label_fraction
@@ -54,8 +55,9 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
         cfg.eval.knn_k, cfg.eval.knn_temperature, cfg.eval.every_n_epochs, cfg.trainer.channels_last, precise
     )
     grids = ImageGrids(out, cfg.eval.every_n_epochs)
+    unreadable = UnreadableImages(data)
     manual = not model.automatic_optimization
-    callbacks = [throughput, knn, grids]
+    callbacks = [throughput, knn, grids, unreadable]
     trainer = build_trainer(cfg.trainer, cfg.logger, out, callbacks, "pretrain", config, manual_optimization=manual)
     start = time.perf_counter()
     trainer.fit(model, datamodule=data, ckpt_path=start_from and start_from.path)
@@ -68,6 +70,7 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
         seconds=time.perf_counter() - start,
         backbone_params=sum(p.numel() for p in model.backbone.parameters()),
         **evaluated,
+        unreadable_images=unreadable.count,
     )
     if start_from is not None:
         metrics["resumed_from_step"] = start_from.step

@@ -4,6 +4,7 @@ turns a ``DataConfig`` into SSL two-view, fine-tuning and evaluation loaders."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
@@ -140,6 +141,20 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tens
     ranked = labels[order]
     keep = [order[ranked == c][: max(1, round(fraction * int((ranked == c).sum())))] for c in ranked.unique()]
     return torch.cat(keep).sort().values
+
+
+def unreadable_paths(log_file: str | None) -> dict[str, str]:
+    """{path: reason} of the files a streamed dataset skipped so far (every worker's), from its ``unreadable_log``."""
+    if not log_file or not os.path.exists(log_file):
+        return {}
+    with open(log_file) as f:
+        return dict(line.rstrip("\n").split("\t", 1) for line in f if "\t" in line)
+
+
+def _innermost(dataset: Dataset | None) -> Dataset | None:
+    while dataset is not None and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return dataset
 
 
 def bounded_subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
@@ -283,6 +298,11 @@ class SSLDataModule(pl.LightningDataModule):
     def eval_dataloaders(self) -> tuple[DataLoader, DataLoader]:
         """(train, val) loaders with the eval transform, in dataset order; built once so workers persist."""
         return self._eval_loaders
+
+    def unreadable_images(self) -> dict[str, str]:
+        """{path: reason} of the images the loaders skipped so far because they failed to decode (streamed data)."""
+        logs = {getattr(_innermost(d), "unreadable_log", None) for d in (self.splits.train, self.splits.val)}
+        return {path: why for log_file in logs for path, why in unreadable_paths(log_file).items()}
 
     def bound_evaluation(self, max_train: int | None, max_val: int | None) -> dict[str, int]:
         """Evaluation (``eval_dataloaders``: the kNN monitor, RankMe, ``finetune``'s features) on at most

@@ -4,18 +4,22 @@
 - ``ROOT/<class>/*``: class folders; a seeded, stratified ``data.val_fraction`` of each class becomes the val split;
 - any other tree of images (flat or nested): no labels; pretraining runs, the label monitors are skipped.
 
-Two passes, each file opened once per pass: a header scan (size and mode only, no decode) resolves
-``data.image_size=auto`` (the median short side, rounded to 8 px, within [32, 224]) and the channels (1 when every
-image is grayscale, 8- or 16-bit; else 3) and sizes the cache; then each file is decoded once — into a uint8
-tensor in RAM (``data.cache``: ``ram``, or ``auto`` when the decoded tree fits in ``data.cache_max_mb``), or, when
-streaming (``none``), only to validate it, and again by the loader's workers at each epoch. An unreadable file is
-skipped and counted in the log, or a ValueError with ``data.strict=true``.
+Start-up does not grow with the tree beyond the directory walk: the headers (size and mode, no decode) of a seeded
+random sample of at most 2,000 files resolve ``data.image_size=auto`` (the median short side, rounded to 8 px, within
+[32, 224]) and the channels (1 when every sampled image is grayscale, 8- or 16-bit; else 3). Then either each file is
+decoded once into a uint8 tensor in RAM (``data.cache``: ``ram``, or ``auto`` when the decoded tree fits in
+``data.cache_max_mb``), or the tree is streamed (``none``, or ``auto`` when it does not fit): nothing is decoded up
+front, the loader's workers decode at each epoch, and a file that fails to decode is replaced by the next one and
+counted (the log says how many each epoch; ``metrics.json`` has ``unreadable_images``). ``data.strict=true`` decodes
+every file once before training and stops at the first unreadable one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +45,7 @@ LAYOUT = "expected ROOT/train/<class>/* + ROOT/val/<class>/*, ROOT/<class>/*, or
 WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 GRAY_MODES = ("1", "L", "LA", *WIDE_INTEGER_MODES)
 AUTO_SIZE_BOUNDS = (32, 224)
+HEADER_SAMPLE = 2000  # files whose headers decide data.image_size=auto and the channels
 CACHE_MODES = ("auto", "ram", "none")
 
 
@@ -65,11 +70,21 @@ def load_image(path: str, channels: int = 3) -> torch.Tensor:
 
 
 class ImageFiles(Dataset):
-    """(path, label) samples decoded on access to (uint8 (channels, H, W), label)."""
+    """(path, label) samples decoded on access to (uint8 (channels, H, W), label). With ``skip_unreadable`` a file
+    that fails to decode is replaced by the next readable one and its path appended to ``unreadable_log`` (a file:
+    the loader's worker processes share it); otherwise the failure is raised."""
 
-    def __init__(self, samples: list[tuple[str, int]], channels: int) -> None:
+    def __init__(
+        self,
+        samples: list[tuple[str, int]],
+        channels: int,
+        skip_unreadable: bool = False,
+        unreadable_log: str | None = None,
+    ) -> None:
         self.samples = samples
         self.channels = channels
+        self.skip_unreadable = skip_unreadable
+        self.unreadable_log = unreadable_log
 
     @property
     def labels(self) -> torch.Tensor:
@@ -80,8 +95,23 @@ class ImageFiles(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        return load_image(path, self.channels), label
+        if not self.skip_unreadable:
+            path, label = self.samples[index]
+            return load_image(path, self.channels), label
+        for step in range(min(len(self.samples), MAX_REPLACEMENTS)):
+            path, label = self.samples[(index + step) % len(self.samples)]
+            try:
+                return load_image(path, self.channels), label
+            except Exception as err:  # any decoder failure: skip the file, count it
+                if self.unreadable_log:
+                    with open(self.unreadable_log, "a") as f:
+                        f.write(f"{path}\t{_reason(err)}\n")
+        raise ValueError(
+            f"data=imagefolder: {MAX_REPLACEMENTS} unreadable images in a row from {path}; check the files"
+        )
+
+
+MAX_REPLACEMENTS = 64
 
 
 @dataclass
@@ -206,7 +236,7 @@ def discover(root: Path, val_fraction: float) -> tuple[list[tuple[str, int]], li
 DEGENERATE_MIN_SIDE, DEGENERATE_MEDIAN_FRACTION = 8, 1 / 8
 
 
-def report_degenerate(samples: list[tuple[str, int]], short_sides: list[int]) -> int:
+def report_degenerate(samples: list[tuple[str, int]], short_sides: list[int], of: str = "") -> int:
     """Count and name (up to 3) the images whose short side is under 8 px or under 1/8 of the median: they are kept,
     squared up to the run's size like the rest, but are usually thumbnails or broken exports worth a look."""
     if not short_sides:
@@ -215,7 +245,9 @@ def report_degenerate(samples: list[tuple[str, int]], short_sides: list[int]) ->
     small = [(path, side) for (path, _), side in zip(samples, short_sides, strict=True) if side < floor]
     if small:
         shown = ", ".join(f"{path} ({side} px)" for path, side in small[:3]) + (" ..." if len(small) > 3 else "")
-        log.warning("data=imagefolder: %d degenerate image(s), short side under %.0f px: %s", len(small), floor, shown)
+        log.warning(
+            "data=imagefolder: %d degenerate image(s)%s, short side under %.0f px: %s", len(small), of, floor, shown
+        )
     return len(small)
 
 
@@ -241,23 +273,31 @@ def imagefolder(cfg: DataConfig) -> Splits:
         raise ValueError(f"data.root={root} is not a directory; {LAYOUT}")
     train, val, classes, layout = discover(root, cfg.val_fraction)
     samples = train + val
+    is_train = [i < len(train) for i in range(len(samples))]
     unreadable = Unreadable(root, len(samples), cfg.strict)
-    headers = _parallel(partial(_attempt, _header), [path for path, _ in samples])
-    kept = unreadable.keep(samples, headers)
-    headers = [headers[i] for i in kept]
-    is_train = [i < len(train) for i in kept]
-    samples = [samples[i] for i in kept]
+    # the size, the channels and the degenerate-image check read the headers of a bounded random sample, not of
+    # every file: start-up does not grow with the tree
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[:HEADER_SAMPLE].sort().values
+    sampled = [samples[i] for i in order.tolist()]
+    headers = [
+        h for h in _parallel(partial(_attempt, _header), [path for path, _ in sampled]) if not isinstance(h, str)
+    ]
     channels = 1 if headers and all(h.gray for h in headers) else 3
-    report_degenerate(samples, [h.short_side for h in headers])
+    of = f" (headers of {len(sampled)} of {len(samples)} files)" if len(sampled) < len(samples) else ""
+    report_degenerate(sampled, [h.short_side for h in headers] if len(headers) == len(sampled) else [], of)
     size = parse_image_size(cfg.image_size) or (auto_size([h.short_side for h in headers]) if headers else 32)
     footprint_mb = len(samples) * channels * size * size / 2**20
     cache = cfg.cache == "ram" or (cfg.cache == "auto" and footprint_mb <= cfg.cache_max_mb)
-    if cache:  # keep each decoded image, squared to the run's size
+    results: list = [None] * len(samples)
+    if cache:  # keep each decoded image, squared to the run's size: an unreadable one is dropped here
         read = lambda path: square_image(load_image(path, channels), size)  # noqa: E731
-    else:  # decode to validate; keep only the shape
-        read = lambda path: load_image(path, channels).shape  # noqa: E731
-    results = _parallel(partial(_attempt, read), [path for path, _ in samples])
-    kept = unreadable.keep(samples, results)
+        results = _parallel(partial(_attempt, read), [path for path, _ in samples])
+        kept = unreadable.keep(samples, results)
+    elif cfg.strict:  # decode every file once now, to stop at the first unreadable one before training
+        checked = _parallel(partial(_attempt, lambda path: load_image(path, channels).shape), [p for p, _ in samples])
+        kept = unreadable.keep(samples, checked)
+    else:  # streaming: no up-front decode; the loader skips an unreadable file and counts it
+        kept = list(range(len(samples)))
     unreadable.report()
     parts = {part: [i for i in kept if is_train[i] == (part == "train")] for part in ("train", "val")}
     for part, indices in parts.items():
@@ -272,7 +312,7 @@ def imagefolder(cfg: DataConfig) -> Splits:
         f"{len(classes)} classes" if classes else "no labels",
         channels,
         size,
-        " (auto: median short side)" if cfg.image_size == "auto" else "",
+        f" (auto: median short side{of})" if cfg.image_size == "auto" else "",
         f"decoded into RAM ({footprint_mb:.0f} MB)" if cache else f"streamed from disk (cache {cfg.cache})",
     )
     if cache:
@@ -284,7 +324,12 @@ def imagefolder(cfg: DataConfig) -> Splits:
         }
         mean, std = _stats(datasets["train"].images)
     else:
-        datasets = {part: ImageFiles([samples[i] for i in indices], channels) for part, indices in parts.items()}
+        # written by the loader's workers only when a file fails to decode
+        skipped = os.path.join(tempfile.gettempdir(), f"sslrun-unreadable-{os.getpid()}-{uuid.uuid4().hex}.txt")
+        datasets = {
+            part: ImageFiles([samples[i] for i in indices], channels, not cfg.strict, skipped)
+            for part, indices in parts.items()
+        }
         mean, std = GRAY_STATS if channels == 1 else IMAGENET_STATS
     return Splits(
         train=datasets["train"],

@@ -219,6 +219,20 @@ def write_images(folder: Path, count: int, gray: bool) -> None:
         Image.new("L" if gray else "RGB", (28, 28), 9 * i if gray else (9 * i, 50, 100)).save(folder / f"{i}.png")
 
 
+def test_a_streamed_folder_skips_an_unreadable_image_and_counts_it(tmp_path):
+    """data.cache=none decodes nothing up front: a corrupt file is met by the loader, replaced and counted."""
+    root = tmp_path / "images"
+    write_images(root, 24, gray=True)
+    (root / "7_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    run = tmp_path / "run"
+    args = ["data=imagefolder", f"data.root={root}", "data.cache=none", "data.batch_size=4", *TINY[3:]]
+    every = ["trainer.max_epochs=1", "trainer.max_steps=-1", "trainer.limit_train_batches=1.0"]  # every file read
+    proc = sslrun("pretrain", *args, *every, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["unreadable_images"] == 1
+    assert "1 unreadable images skipped so far" in (run / "pretrain.log").read_text()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["classes", "flat"])
 def test_pretrain_on_a_folder_without_a_train_val_split(tmp_path, layout):

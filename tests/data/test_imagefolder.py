@@ -15,7 +15,7 @@ from PIL import Image
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS, SSLDataModule
 from sslrun.data import imagefolder as imagefolder_module
-from sslrun.data.base import TensorImages, square_image
+from sslrun.data.base import TensorImages, square_image, unreadable_paths
 from sslrun.data.imagefolder import auto_size
 
 
@@ -44,14 +44,17 @@ def mixed_tree(root: Path) -> None:
 
 
 def test_mixed_modes_load_as_rgb_and_unreadable_files_are_skipped(tmp_path, caplog):
+    """Streamed: nothing is decoded up front; an unreadable file is replaced by the next one and recorded."""
     mixed_tree(tmp_path)
-    with caplog.at_level(logging.WARNING):
-        splits = DATASETS.get("imagefolder")(cfg(tmp_path, cache="none"))
-    assert splits.channels == 3 and splits.num_classes == 2 and len(splits.train) == 6 and len(splits.val) == 2
+    splits = DATASETS.get("imagefolder")(cfg(tmp_path, cache="none"))
+    assert splits.channels == 3 and splits.num_classes == 2 and len(splits.train) == 8 and len(splits.val) == 2
     assert not splits.in_memory
-    warning = " ".join(r.getMessage() for r in caplog.records)
-    assert "skipped 2 unreadable images of 10 under" in warning and "0_corrupt.png" in warning
-    pixels = {Path(path).stem: splits.train[i][0] for i, (path, _) in enumerate(splits.train.samples)}
+    items = {Path(path).stem: splits.train[i] for i, (path, _) in enumerate(splits.train.samples)}
+    assert set(unreadable_paths(splits.train.unreadable_log)) == {
+        str(tmp_path / "train" / "a" / n) for n in ("0_corrupt.png", "6_empty.png")
+    }
+    assert torch.equal(items["0_corrupt"][0], items["1_gray"][0])  # the next file took its place
+    pixels = {stem: image for stem, (image, _) in items.items()}
     for image in pixels.values():
         assert image.dtype == torch.uint8 and image.shape[0] == 3
     assert pixels["1_gray"][:, 0, 0].tolist() == [40, 40, 40]
@@ -60,6 +63,9 @@ def test_mixed_modes_load_as_rgb_and_unreadable_files_are_skipped(tmp_path, capl
     assert pixels["4_palette"][:, 0, 0].tolist() == [200, 100, 50]
     assert pixels["5_sixteen"][:, 0, 0].tolist() == [100, 100, 100]  # 16-bit scaled, not clipped
     assert pixels["5_sixteen"].shape == (3, 12, 10)
+    with caplog.at_level(logging.WARNING):  # strict streaming decodes every file once, up front
+        with pytest.raises(ValueError, match="cannot read .*0_corrupt.png"):
+            DATASETS.get("imagefolder")(cfg(tmp_path, cache="none", strict=True))
 
 
 def test_cached_tree_holds_the_same_pixels_decoded_once(tmp_path, caplog, monkeypatch):
@@ -70,12 +76,13 @@ def test_cached_tree_holds_the_same_pixels_decoded_once(tmp_path, caplog, monkey
     with caplog.at_level(logging.WARNING):
         splits = DATASETS.get("imagefolder")(cfg(tmp_path, cache="auto"))
     assert splits.in_memory and isinstance(splits.train, TensorImages) and splits.train.images.shape == (6, 3, 16, 16)
-    assert sorted(decoded) == sorted(set(decoded)) and len(decoded) == 8  # each readable file decoded exactly once
+    assert sorted(decoded) == sorted(set(decoded)) and len(decoded) == 10  # each file tried once (2 fail)
     assert "skipped 2 unreadable images of 10 under" in " ".join(r.getMessage() for r in caplog.records)
     streamed = DATASETS.get("imagefolder")(cfg(tmp_path, cache="none"))
-    for i in range(len(streamed.train)):
-        assert torch.equal(splits.train[i][0], square_image(streamed.train[i][0], 16))
-        assert splits.train[i][1] == streamed.train[i][1]
+    readable = [i for i, (path, _) in enumerate(streamed.train.samples) if "corrupt" not in path and "empty" not in path]
+    for i, j in enumerate(readable):
+        assert torch.equal(splits.train[i][0], square_image(streamed.train[j][0], 16))
+        assert splits.train[i][1] == streamed.train[j][1]
 
 
 @pytest.mark.parametrize("cache", ["auto", "none"])
