@@ -1,4 +1,5 @@
-"""Benchmarks measure what they say: every timed sslrun run of scripts/bench_pretrain.py starts fresh."""
+"""Benchmarks measure what they say: every timed sslrun run of scripts/bench_pretrain.py starts fresh; bench_data
+times the tree it wrote."""
 
 import sys
 from pathlib import Path
@@ -25,3 +26,14 @@ def test_each_timed_repeat_is_a_new_run(bench, tmp_path):
     runs = sorted(tmp_path.glob("repeat-*"))
     assert len(runs) == 2 and all((run / "metrics.json").is_file() for run in runs)
     assert first != second  # two timings of two runs, not one run read back
+
+
+def test_the_data_bench_times_the_tree_it_wrote(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import bench_data
+
+    bench_data.make_tree(tmp_path / "30", 30)
+    assert len(list((tmp_path / "30").rglob("*.png"))) == 30 and (tmp_path / "30" / ".complete").is_file()
+    seconds, files = bench_data.startup_seconds(tmp_path / "30")
+    assert files == 30 and seconds > 0
+    sys.modules.pop("bench_data", None)
