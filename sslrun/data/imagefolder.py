@@ -288,14 +288,14 @@ def imagefolder(cfg: DataConfig) -> Splits:
     size = parse_image_size(cfg.image_size) or (auto_size([h.short_side for h in headers]) if headers else 32)
     footprint_mb = len(samples) * channels * size * size / 2**20
     cache = cfg.cache == "ram" or (cfg.cache == "auto" and footprint_mb <= cfg.cache_max_mb)
-    results: list = [None] * len(samples)
-    if cache:  # keep each decoded image, squared to the run's size: an unreadable one is dropped here
-        read = lambda path: square_image(load_image(path, channels), size)  # noqa: E731
+    if cache or cfg.strict:  # decode every file once now: kept in RAM, squared to the run's size, or (strict,
+        # streamed) only to stop at the first unreadable one before training; a cached unreadable one is dropped
+        if cache:
+            read = lambda path: square_image(load_image(path, channels), size)  # noqa: E731
+        else:
+            read = lambda path: load_image(path, channels).shape  # noqa: E731
         results = _parallel(partial(_attempt, read), [path for path, _ in samples])
         kept = unreadable.keep(samples, results)
-    elif cfg.strict:  # decode every file once now, to stop at the first unreadable one before training
-        checked = _parallel(partial(_attempt, lambda path: load_image(path, channels).shape), [p for p, _ in samples])
-        kept = unreadable.keep(samples, checked)
     else:  # streaming: no up-front decode; the loader skips an unreadable file and counts it
         kept = list(range(len(samples)))
     unreadable.report()

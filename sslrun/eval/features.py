@@ -11,6 +11,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 
+def on_device(loader: DataLoader, device: torch.device, channels_last: bool = False):
+    """(images on ``device``, in channels_last when asked, labels) for each batch of ``loader``."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for images, labels in loader:
+        yield images.to(device, memory_format=memory_format), labels
+
+
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module,
@@ -23,9 +30,7 @@ def extract_features(
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for images, y in loader:
-        images = images.to(device, memory_format=memory_format)
+    for images, y in on_device(loader, device, channels_last):
         with autocast():
             feats.append(backbone(images).float().cpu())
         labels.append(y)
@@ -67,14 +72,13 @@ def precise_bn(
         m.reset_running_stats()
         m.momentum = None  # a cumulative average of the batches' statistics
         m.train()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     seen = 0
     try:
-        for images, _ in loader:
+        for images, _ in on_device(loader, device, channels_last):
             if len(images) < 2:
                 continue
             with autocast():
-                backbone(images[: max_images - seen].to(device, memory_format=memory_format))
+                backbone(images[: max_images - seen])
             seen += min(len(images), max_images - seen)
             if seen >= max_images:
                 break
