@@ -16,6 +16,7 @@ HYDRA_COMMANDS = {
 PLAIN_COMMANDS = {
     "list": ("sslrun.listing", "methods, backbones, datasets, optimizers and loss backends"),
     "report": ("sslrun.report", "tables and plots from run dirs and sweeps (RUN_OR_SWEEP_DIR ... [--out DIR])"),
+    "shard": ("sslrun.shard", "write an image folder as WebDataset shards + index.json (SRC OUT [--resize S])"),
 }
 
 USAGE = """usage: sslrun <command> [key=value ...] [-m] [--cfg job] [--help]
@@ -30,6 +31,7 @@ examples:
   sslrun finetune pretrained=none mode=linear
   sslrun export pretrained=runs/pretrain/<run> out=encoder.pt
   sslrun report runs/pretrain-multirun/<sweep>
+  sslrun shard images/ shards/ && sslrun pretrain data=webdataset data.root=shards/
   sslrun <command> --help    (config groups and options of that command)"""
 
 

@@ -115,6 +115,11 @@ class DataConfig:
     # sslrun finetune trains the probe / fine-tune (and uses as the kNN bank) a fixed subset of the labelled train
     # split, seeded by the run's seed, class-stratified, at least one image per class; pretraining keeps 1.0
     label_fraction: float = checked(1.0, HALF_OPEN_UNIT)
+    # data=webdataset: shard url patterns (braces expand; without them, data.root's index.json lists the shards)
+    # and the samples each loader worker holds to shuffle its stream
+    urls: str | None = None
+    val_urls: str | None = None
+    shuffle_buffer: int = checked(1000, POSITIVE_INT)
     views: ViewsConfig = field(default_factory=ViewsConfig)
 
 

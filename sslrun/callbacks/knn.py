@@ -10,7 +10,14 @@ import logging
 import pytorch_lightning as pl
 
 from sslrun.callbacks.epochs import evaluation_due
-from sslrun.eval.features import extract_features, knn_predict, precise_bn, rankme, topk_accuracy
+from sslrun.eval.features import (
+    extract_features,
+    gather_features,
+    knn_predict,
+    precise_bn,
+    rankme,
+    topk_accuracy,
+)
 
 log = logging.getLogger(__name__)
 COLLAPSED_RANK = 2.0  # RankMe at or below this: the embeddings span about one or two directions
@@ -70,13 +77,14 @@ class KNNMonitor(pl.Callback):
         args = (pl_module.device, ctx, self.channels_last)
         if self.precise:
             precise_bn(pl_module.backbone, train_loader, *args)
-        feats, labels = extract_features(pl_module.backbone, val_loader, *args)
+        # under DDP each rank embeds its share of each split; every rank then holds all the features
+        feats, labels = gather_features(*extract_features(pl_module.backbone, val_loader, *args))
         rank = rankme(feats)
         self.best_rankme = max(self.best_rankme, rank)
         self._max_rank = min(feats.shape)
         if pl_module.probe is None:
             return {"rankme": rank}
-        bank, bank_labels = extract_features(pl_module.backbone, train_loader, *args)
+        bank, bank_labels = gather_features(*extract_features(pl_module.backbone, train_loader, *args))
         num_classes = pl_module.probe.head.out_features
         known = bank_labels >= 0
         knn = knn_predict(bank[known], bank_labels[known], feats, num_classes, self.k, self.temperature)

@@ -14,7 +14,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
 from sslrun.config import DataConfig
@@ -118,8 +118,15 @@ def _spread(dataset: Dataset, limit: int | None) -> Dataset:
 
 def limit_splits(splits: Splits, limit: int | None) -> Splits:
     """Keep ``limit`` evenly spaced items of every split (``data.limit``, for quick runs)."""
+    if limit is not None and is_stream(splits.train):
+        raise ValueError("data.limit is for map-style datasets; with data=webdataset give fewer shards in data.urls")
     pretrain = None if splits.pretrain is None else _spread(splits.pretrain, limit)
     return replace(splits, train=_spread(splits.train, limit), val=_spread(splits.val, limit), pretrain=pretrain)
+
+
+def is_stream(dataset: Dataset | None) -> bool:
+    """A dataset streamed in order (``ShardStream``), not indexed: its subsets, shuffling and DDP split are its own."""
+    return isinstance(dataset, IterableDataset)
 
 
 def split_labels(dataset: Dataset) -> torch.Tensor:
@@ -159,9 +166,12 @@ def _innermost(dataset: Dataset | None) -> Dataset | None:
 
 def bounded_subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     """At most ``limit`` items of ``dataset``: a seeded, class-stratified subset (``label_subset`` at the fraction
-    that gives ``limit``), or the dataset itself when it is no larger (or ``limit`` is None)."""
+    that gives ``limit``), or the dataset itself when it is no larger (or ``limit`` is None). A stream keeps the
+    first ``limit`` of its samples (``sslrun shard`` writes them in a seeded random order)."""
     if limit is None or len(dataset) <= limit:
         return dataset
+    if is_stream(dataset):
+        return dataset.replace(limit=limit)
     keep = label_subset(split_labels(dataset), limit / len(dataset), seed)
     if len(keep) > limit:  # each class rounds up to at least one item
         drop = torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))[:limit]
@@ -212,6 +222,11 @@ class SSLDataModule(pl.LightningDataModule):
             raise ValueError(f"data={cfg.name}: images of differing sizes; set data.image_size=<pixels>")
         self.cfg = resolve_data(cfg, size, self.splits.in_memory)
         low_shot = stage == "finetune" and cfg.label_fraction < 1.0
+        if low_shot and is_stream(self.splits.train):
+            raise ValueError(
+                f"data.label_fraction={cfg.label_fraction} needs an indexed dataset; data={cfg.name} is streamed "
+                "(use data=imagefolder on the source tree)"
+            )
         if low_shot:
             train = self.splits.train
             subset = label_subset(split_labels(train), cfg.label_fraction, seed)
@@ -283,17 +298,17 @@ class SSLDataModule(pl.LightningDataModule):
         rank, step = (self.trainer.global_rank, self.trainer.global_step) if self.trainer is not None else (0, 0)
         return self._generator.manual_seed(self._seed + 7919 * rank + 1_000_003 * step)
 
-    def train_dataloader(self) -> DataLoader:
+    def _train_transform(self) -> Callable[[torch.Tensor], Any]:
         s = self.splits
-        if self.batched:
-            source = Transformed(self._train_source, partial(square_image, size=self.image_size))
-            return self._loader(source, shuffle=True, drop_last=True)
+        if self.batched:  # views are made on the device; the loader only squares the images to the run's size
+            return partial(square_image, size=self.image_size)
         if self.stage == "pretrain":
-            transform = multi_views(self.cfg.views, self.image_size, s.channels, s.mean, s.std, self.view_specs)
-        else:
-            transform = finetune_view(self.cfg.views, self.image_size, s.mean, s.std)
+            return multi_views(self.cfg.views, self.image_size, s.channels, s.mean, s.std, self.view_specs)
+        return finetune_view(self.cfg.views, self.image_size, s.mean, s.std)
+
+    def train_dataloader(self) -> DataLoader:
         # Full batches only: an uneven last batch stalls DDP and breaks batch statistics.
-        return self._loader(Transformed(self._train_source, transform), shuffle=True, drop_last=True)
+        return self._loader(self._train_source, shuffle=True, drop_last=True, transform=self._train_transform())
 
     def eval_dataloaders(self) -> tuple[DataLoader, DataLoader]:
         """(train, val) loaders with the eval transform, in dataset order; built once so workers persist."""
@@ -332,15 +347,50 @@ class SSLDataModule(pl.LightningDataModule):
     def _eval_splits(self) -> dict[str, Dataset]:
         return {"train": self.splits.train, "val": self.splits.val}
 
+    @property
+    def eval_shard(self) -> tuple[int, int]:
+        """(rank, world size) of this process: under DDP each rank embeds the items rank, rank + world, ... of each
+        eval split (``gather_features`` puts the rows back in dataset order), and reads its own shards of a stream."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     @cached_property
     def _eval_loaders(self) -> tuple[DataLoader, DataLoader]:
         transform = eval_transform(self.image_size, self.splits.mean, self.splits.std)
-        return tuple(
-            self._loader(Transformed(self._eval_splits[name], transform), shuffle=False, drop_last=False)
-            for name in ("train", "val")
-        )
+        rank, world = self.eval_shard
+        loaders = []
+        for name in ("train", "val"):
+            split = self._eval_splits[name]
+            if world > 1 and not is_stream(split):  # a stream splits itself by shard
+                split = Subset(split, range(rank, len(split), world))
+            loaders.append(self._loader(split, shuffle=False, drop_last=False, transform=transform))
+        return tuple(loaders)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _loader(
+        self,
+        dataset: Dataset,
+        shuffle: bool,
+        drop_last: bool,
+        transform: Callable[[torch.Tensor], Any],
+    ) -> DataLoader:
+        """A loader of ``transform``ed items. A stream shuffles (seeded by the run seed and the epoch, with a
+        ``data.shuffle_buffer``) and splits itself over ranks and workers; its workers are made for each epoch."""
+        if is_stream(dataset):
+            stream = dataset.replace(
+                transform=transform,
+                shuffle=shuffle,
+                drop_last=drop_last,
+                batch_size=self.cfg.batch_size,
+                seed=self._seed,
+                buffer=self.cfg.shuffle_buffer,
+            )
+            from sslrun.data.shards import stream_loader
+
+            return stream_loader(stream, self._epoch, lambda: self.eval_shard, self.cfg.num_workers)
+        dataset = Transformed(dataset, transform)
         workers = self.cfg.num_workers
         return DataLoader(
             dataset,

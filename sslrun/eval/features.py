@@ -35,7 +35,66 @@ def extract_features(
             feats.append(backbone(images).float().cpu())
         labels.append(y)
     backbone.train(was_training)
+    if not feats:  # an empty share (a DDP rank without an eval shard)
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     return torch.cat(feats), torch.cat(labels)
+
+
+def _world() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _comm_device() -> torch.device:
+    """Where collectives take their tensors: NCCL wants them on the GPU, gloo on the CPU."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_features(feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Under DDP, the features and labels of every rank's eval shard (rank r holds items r, r + W, ...; see
+    ``SSLDataModule.eval_shard``) gathered on every rank in dataset order; as they are in one process."""
+    world = _world()
+    if world == 1:
+        return feats, labels
+    dist, device = torch.distributed, _comm_device()
+    shapes = [torch.zeros(2, dtype=torch.long, device=device) for _ in range(world)]
+    dist.all_gather(shapes, torch.tensor([len(feats), feats.shape[1]], device=device))
+    sizes, width = [int(s[0]) for s in shapes], max(int(s[1]) for s in shapes)
+    padded = torch.zeros(max(sizes), width + 1, device=device)
+    padded[: len(feats), :width] = feats  # an empty share is (0, 0)
+    padded[: len(feats), width] = labels.float()  # labels are small ints: exact in fp32
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    parts = [part[:n].cpu() for part, n in zip(parts, sizes, strict=True)]
+    total = sum(sizes)
+    if all(n == len(range(r, total, world)) for r, n in enumerate(sizes)):  # rank r held items r, r + W, ...
+        out = torch.empty(total, width + 1)
+        for r, part in enumerate(parts):
+            out[r::world] = part
+    else:  # a stream's shares (whole shards): rank order
+        out = torch.cat(parts)
+    return out[:, :width].contiguous(), out[:, width].round().long()
+
+
+def _sync_batch_norms(norms: list[nn.Module], count: int) -> int:
+    """Under DDP, every rank's batch norms get the statistics of all ranks' calibration images together (the
+    ``count``-weighted mean of the per-rank means and of the per-rank E[x^2]); returns the images of all ranks."""
+    if _world() == 1:
+        return count
+    dist, device = torch.distributed, _comm_device()
+    total = torch.tensor([float(count)], device=device)
+    dist.all_reduce(total)
+    share = count / max(float(total), 1.0)
+    for m in norms:
+        mean, var = m.running_mean.float(), m.running_var.float()
+        stats = (torch.cat([mean, var + mean * mean]) * share).to(device)
+        dist.all_reduce(stats)
+        mean, square = stats.to(m.running_mean.device).chunk(2)
+        m.running_mean.copy_(mean)
+        m.running_var.copy_((square - mean * mean).clamp_min(0))
+    return int(total)
 
 
 PRECISE_BN_IMAGES = 2048
@@ -62,7 +121,9 @@ def precise_bn(
     ``loader`` ("precise BN", Wu & Johnson 2021, as pycls does before evaluating). Libraries set momenta for long
     ImageNet schedules (torchvision's MobileNetV3 and EfficientNet: 0.01), so at a short budget, and always at random
     init, the running statistics are mostly their initial (0, 1) and eval-mode features shrink layer after layer.
-    Only the batch norms run in training mode (dropout stays off). Returns the images used (0: no batch norm)."""
+    Only the batch norms run in training mode (dropout stays off). Under DDP ``loader`` is this rank's eval shard:
+    each rank calibrates on ``max_images`` / world of its images and the statistics are then combined across ranks.
+    Returns the images used, on all ranks together (0: no batch norm)."""
     norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
@@ -72,7 +133,7 @@ def precise_bn(
         m.reset_running_stats()
         m.momentum = None  # a cumulative average of the batches' statistics
         m.train()
-    seen = 0
+    seen, max_images = 0, max(1, max_images // _world())
     try:
         for images, _ in on_device(loader, device, channels_last):
             if len(images) < 2:
@@ -86,7 +147,7 @@ def precise_bn(
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
         backbone.train(was_training)
-    return seen
+    return _sync_batch_norms(norms, seen)
 
 
 def knn_predict(

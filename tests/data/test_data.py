@@ -17,8 +17,9 @@ from torchvision import datasets
 
 from sslrun.config import DataConfig
 from sslrun.data import DATASETS, SSLDataModule
-from sslrun.data.base import TensorImages, bounded_subset, label_subset, split_labels, square_image
+from sslrun.data.base import TensorImages, bounded_subset, is_stream, label_subset, split_labels, square_image
 from sslrun.data.imagefolder import ImageFiles
+from sslrun.shard import main as shard_main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "sslrun" / "configs" / "data"
 DOWNLOADABLE = ("cifar10", "cifar100", "mnist", "fashion_mnist", "stl10")
@@ -106,8 +107,16 @@ def fake_imagefolder(root: Path) -> tuple[torch.Tensor, int]:
     return first
 
 
+def fake_shards(root: Path) -> None:
+    """The fake image folder written as shards (``sslrun shard``, a few samples per shard) into ``root``."""
+    fake_imagefolder(root / "src")
+    shard_main([str(root / "src"), str(root), "--force", "--max-count", "4"])
+    # the order is shuffled on write: no known first item
+
+
 def fake(name: str, root: Path, monkeypatch) -> tuple[torch.Tensor, int] | None:
     makers = {
+        "webdataset": lambda: fake_shards(root),
         "digits": lambda: None,
         "cifar10": lambda: fake_cifar(root, monkeypatch, datasets.CIFAR10, 3, 10),
         "cifar100": lambda: fake_cifar(root, monkeypatch, datasets.CIFAR100, 15, 100),
@@ -134,8 +143,13 @@ def dataset(request, tmp_path, monkeypatch):
     return name, data_cfg(name, root=str(tmp_path), limit=40 if name == "digits" else None), first
 
 
+def items_of(split) -> list:
+    """(image, label) items of a split: indexed, or in its order for a stream."""
+    return list(split) if is_stream(split) else [split[i] for i in range(len(split))]
+
+
 def labels_of(split) -> list[int]:
-    return [int(split[i][1]) for i in range(len(split))]
+    return [int(label) for _, label in items_of(split)]
 
 
 def test_splits_have_consistent_images_and_labels(dataset):
@@ -146,8 +160,7 @@ def test_splits_have_consistent_images_and_labels(dataset):
     assert all(0 < s < 1 for s in splits.std) and all(0 <= m <= 1 for m in splits.mean)
     for split, lowest in ((splits.train, 0), (splits.val, 0), (splits.pretrain or splits.train, -1)):
         assert len(split) > 0
-        for i in range(len(split)):
-            image, label = split[i]
+        for image, label in items_of(split):
             assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == splits.channels
             assert isinstance(label, int) and lowest <= label < splits.num_classes
     if first is not None:
