@@ -14,7 +14,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset
 from torchvision.transforms.v2 import functional as TF
 
 from sslrun.config import DataConfig
@@ -392,10 +392,17 @@ class SSLDataModule(pl.LightningDataModule):
             return stream_loader(stream, self._epoch, lambda: self.eval_shard, self.cfg.num_workers)
         dataset = Transformed(dataset, transform)
         workers = self.cfg.num_workers
+        rank, world = self.eval_shard
+        sampler = None
+        if shuffle and world > 1:
+            # Lightning's own DistributedSampler pads the dataset to a multiple of the world size by repeating
+            # samples, so an uneven split trains some twice per epoch; drop_last=True drops that tail instead
+            sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=self._seed, drop_last=True)
         return DataLoader(
             dataset,
             batch_size=self.cfg.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=workers,
             persistent_workers=workers > 0,
