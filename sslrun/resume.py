@@ -27,6 +27,8 @@ MAY_DIFFER = (
     "trainer.checkpoint_every_n_steps",
     "trainer.checkpoint_every_n_minutes",
     "data.root",
+    "data.urls",
+    "data.val_urls",
     "data.download",
     "data.num_workers",
     "data.cache",

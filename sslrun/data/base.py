@@ -367,7 +367,9 @@ class SSLDataModule(pl.LightningDataModule):
         return tuple(loaders)
 
     def _epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+        """The epoch Lightning hands a sampler's ``set_epoch`` (its count of epochs begun): a run resumed from an
+        epoch-end checkpoint starts its iterator before ``current_epoch`` catches up."""
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
 
     def _loader(
         self,

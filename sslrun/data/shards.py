@@ -253,9 +253,29 @@ class StreamLoader(DataLoader):
         self._sync()
         return super().__len__()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator:
+        return _Deferred(self)
+
+    def _start(self) -> Iterator:
         self._sync()
         return super().__iter__()
+
+
+class _Deferred:
+    """An epoch's iterator over a ``StreamLoader`` that starts its workers at the first batch, not when made:
+    Lightning makes the first iterator before it restores the epoch count of a resumed run (as a sampler's
+    ``set_epoch`` would only be called after), and workers take the epoch with them when they start."""
+
+    def __init__(self, loader: StreamLoader) -> None:
+        self.loader, self.iterator = loader, None
+
+    def __iter__(self) -> _Deferred:
+        return self
+
+    def __next__(self) -> Any:
+        if self.iterator is None:
+            self.iterator = self.loader._start()
+        return next(self.iterator)
 
 
 def stream_loader(
