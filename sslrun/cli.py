@@ -31,7 +31,8 @@ examples:
   sslrun finetune pretrained=none mode=linear
   sslrun export pretrained=runs/pretrain/<run> out=encoder.pt
   sslrun report runs/pretrain-multirun/<sweep>
-  sslrun shard images/ shards/ && sslrun pretrain data=webdataset data.root=shards/
+  sslrun shard images/ shards/
+  sslrun pretrain data=webdataset data.root=shards/
   sslrun <command> --help    (config groups and options of that command)"""
 
 
