@@ -9,10 +9,11 @@ figure to watch (the walk is linear, nothing else should be).
 A tree is written once under ``--trees`` (``<N>/<class>/<i>.png``, 10 classes of 32 px grayscale PNGs) and reused.
 
 Throughput (``--loader``): images/s of a pretraining loader (decode + two SimCLR views, the recipe of the size) over
-an epoch (best of ``--repeats``, in alternating order) of a tree of RGB JPEGs at 64 and 224 px, for the streamed folder (``data=imagefolder data.cache=none``), its
-shards (``sslrun shard``, ``data=webdataset``) and the reference, torchvision's ``ImageFolder`` + ``DataLoader``
-with the same views, at 0, 1 and 2 loader workers; ``ratio`` is ours over the reference at equal workers. Then the
-resident memory of the main process after each of 3 epochs of the streamed folder (0 workers: everything in it).
+an epoch (best of ``--repeats``, in alternating order) of a tree of RGB JPEGs at 64 and 224 px, for the streamed
+folder (``data=imagefolder data.cache=none``), its shards (``sslrun shard``, ``data=webdataset``) and the reference,
+torchvision's ``ImageFolder`` + ``DataLoader`` with the same views, at 0, 1 and 2 loader workers; ``ratio`` is ours
+over the reference at equal workers. Then the resident memory of the main process after each of 3 epochs of the
+streamed folder (0 workers: everything in it).
 
     python scripts/bench_data.py --loader --trees runs/data/bench [--results results/data_loader.jsonl]
 """
