@@ -1,7 +1,7 @@
-"""Shards through the real CLI under ``trainer=ddp`` with 2 CPU processes: ``sslrun shard`` writes a folder, a
-pretraining killed at an epoch end (both processes at once, as a preemption does) and rerun by the same command ends
-as the uninterrupted run, and ``sslrun finetune`` reads the same shards; shard urls that match nothing are one line
-and exit status 2."""
+"""A streamed folder and its shards through the real CLI under ``trainer=ddp`` with 2 CPU processes: ``sslrun
+shard`` writes the folder, a pretraining killed at an epoch end (both processes at once, as a preemption does) and
+rerun by the same command ends as the uninterrupted run, and ``sslrun finetune`` reads the same data; shard urls that
+match nothing are one line and exit status 2."""
 
 import json
 import os
@@ -18,7 +18,6 @@ from sslrun.callbacks.checkpoints import RUN_KEY
 from sslrun.shard import main as shard_main
 
 DDP = [
-    "data=webdataset",
     "data.batch_size=4",
     "data.num_workers=1",
     "data.views.batched=true",  # views seeded by (seed, rank, step): the resumed epoch draws what the whole run drew
@@ -45,8 +44,14 @@ def write_tree(root: Path) -> None:
             Image.new("RGB", (20, 20), (9 * i, 100 * c, 50)).save(root / cls / f"{i}.png")
 
 
-def start(run: Path, shards: Path) -> subprocess.Popen:
-    args = [SSLRUN, "pretrain", *DDP, f"data.root={shards}", f"hydra.run.dir={run}"]
+def data_args(kind: str, root: Path) -> list[str]:
+    if kind == "folder":
+        return ["data=imagefolder", f"data.root={root / 'tree'}", "data.cache=none"]
+    return ["data=webdataset", f"data.root={root / 'shards'}"]
+
+
+def start(run: Path, data: list[str]) -> subprocess.Popen:
+    args = [SSLRUN, "pretrain", *DDP, *data, f"hydra.run.dir={run}"]
     # a session of its own: a kill reaches both processes, as a preemption does
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -58,17 +63,19 @@ def finish(proc: subprocess.Popen) -> str:
 
 
 @pytest.mark.slow
-def test_shards_pretrain_resume_and_finetune_under_ddp(tmp_path):
+@pytest.mark.parametrize("kind", ["folder", "shards"])
+def test_streamed_data_pretrains_resumes_and_finetunes_under_ddp(tmp_path, kind):
     write_tree(tmp_path / "tree")
-    shards = tmp_path / "shards"
-    shard_main([str(tmp_path / "tree"), str(shards), "--max-count", "5"])  # 8 train shards of 5: 4 per rank
+    if kind == "shards":
+        shard_main([str(tmp_path / "tree"), str(tmp_path / "shards"), "--max-count", "5"])  # 8 train shards: 4 a rank
+    data = data_args(kind, tmp_path)
     whole = tmp_path / "whole"
-    finish(start(whole, shards))
+    finish(start(whole, data))
     expected = json.loads((whole / "metrics.json").read_text())
     assert expected["steps"] == 15 and expected["epochs"] == 3  # 20 samples per rank: 5 batches of 4 per epoch
 
     killed = tmp_path / "killed"
-    proc = start(killed, shards)
+    proc = start(killed, data)
     checkpoint = killed / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not checkpoint.is_file():
@@ -78,7 +85,7 @@ def test_shards_pretrain_resume_and_finetune_under_ddp(tmp_path):
     proc.wait()
     info = torch.load(checkpoint, map_location="cpu", weights_only=True)[RUN_KEY]
     assert info["epochs_done"] == 1 and not info["mid_epoch"]
-    log = finish(start(killed, shards))
+    log = finish(start(killed, data))
     assert "resuming from" in log
     resumed = json.loads((killed / "metrics.json").read_text())
     assert resumed["steps"] == expected["steps"]
@@ -86,8 +93,7 @@ def test_shards_pretrain_resume_and_finetune_under_ddp(tmp_path):
         assert resumed[key] == pytest.approx(expected[key], abs=1e-5), key
 
     tune = sslrun(
-        "finetune", f"pretrained={killed}", "mode=linear", "data=webdataset", f"data.root={shards}",
-        "data.batch_size=8", "data.num_workers=0", "trainer=debug", f"hydra.run.dir={tmp_path / 'tune'}",
+        "finetune", f"pretrained={killed}", "mode=linear", *data, "data.batch_size=8", "data.num_workers=0", "trainer=debug", f"hydra.run.dir={tmp_path / 'tune'}",
         cwd=tmp_path,
     )  # fmt: skip
     assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
