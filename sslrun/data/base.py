@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from typing import Any
@@ -73,6 +73,34 @@ class Transformed(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image, label = self.dataset[index]
         return self.transform(image), label
+
+
+class _Deferred:
+    """An iterator that makes the real one (``start()``) at the first ``next``."""
+
+    def __init__(self, start: Callable[[], Iterator]) -> None:
+        self.start, self.iterator = start, None
+
+    def __iter__(self) -> _Deferred:
+        return self
+
+    def __next__(self) -> Any:
+        if self.iterator is None:
+            self.iterator = self.start()
+        return next(self.iterator)
+
+
+class DeferredLoader(DataLoader):
+    """A ``DataLoader`` whose epoch iterator starts (draws the sampler's order, starts or wakes the workers, which
+    prefetch at once) at the first batch, not when ``iter()`` is called. Lightning makes a resumed run's first
+    iterator before it restores the epoch count and before it calls the sampler's ``set_epoch``: started then, the
+    first resumed epoch would replay epoch 0's order (a stream's workers, too, take the epoch with them)."""
+
+    def __iter__(self) -> Iterator:
+        return _Deferred(self._start)
+
+    def _start(self) -> Iterator:
+        return DataLoader.__iter__(self)
 
 
 def holdout(n: int, val_fraction: float, labels: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,7 +428,7 @@ class SSLDataModule(pl.LightningDataModule):
             # Lightning's own DistributedSampler pads the dataset to a multiple of the world size by repeating
             # samples, so an uneven split trains some twice per epoch; drop_last=True drops that tail instead
             sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=self._seed, drop_last=True)
-        return DataLoader(
+        return DeferredLoader(
             dataset,
             batch_size=self.cfg.batch_size,
             shuffle=shuffle if sampler is None else False,

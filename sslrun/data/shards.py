@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from sslrun.data import DATASETS
-from sslrun.data.base import Splits, square_image
+from sslrun.data.base import DeferredLoader, Splits, square_image
 from sslrun.data.recipes import parse_image_size
 
 log = logging.getLogger(__name__)
@@ -229,9 +229,9 @@ class ShardStream(IterableDataset):
                 f.write(f"{where}\t{reason.splitlines()[0] if reason else ''}\n")
 
 
-class StreamLoader(DataLoader):
-    """A ``DataLoader`` of a ``ShardStream`` that hands it the epoch (``epoch_fn()``) and the process's (rank, world)
-    (``shard_fn()``) each time an epoch's iteration starts; its workers are made afresh for every epoch."""
+class StreamLoader(DeferredLoader):
+    """A loader of a ``ShardStream`` that hands it the epoch (``epoch_fn()``) and the process's (rank, world)
+    (``shard_fn()``) when an epoch's first batch is asked for; its workers are made afresh for every epoch."""
 
     def __init__(
         self,
@@ -253,29 +253,9 @@ class StreamLoader(DataLoader):
         self._sync()
         return super().__len__()
 
-    def __iter__(self) -> Iterator:
-        return _Deferred(self)
-
     def _start(self) -> Iterator:
         self._sync()
-        return super().__iter__()
-
-
-class _Deferred:
-    """An epoch's iterator over a ``StreamLoader`` that starts its workers at the first batch, not when made:
-    Lightning makes the first iterator before it restores the epoch count of a resumed run (as a sampler's
-    ``set_epoch`` would only be called after), and workers take the epoch with them when they start."""
-
-    def __init__(self, loader: StreamLoader) -> None:
-        self.loader, self.iterator = loader, None
-
-    def __iter__(self) -> _Deferred:
-        return self
-
-    def __next__(self) -> Any:
-        if self.iterator is None:
-            self.iterator = self.loader._start()
-        return next(self.iterator)
+        return super()._start()
 
 
 def stream_loader(

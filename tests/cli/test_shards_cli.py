@@ -93,8 +93,8 @@ def test_streamed_data_pretrains_resumes_and_finetunes_under_ddp(tmp_path, kind)
         assert resumed[key] == pytest.approx(expected[key], abs=1e-5), key
 
     tune = sslrun(
-        "finetune", f"pretrained={killed}", "mode=linear", *data, "data.batch_size=8", "data.num_workers=0", "trainer=debug", f"hydra.run.dir={tmp_path / 'tune'}",
-        cwd=tmp_path,
+        "finetune", f"pretrained={killed}", "mode=linear", *data, "data.batch_size=8", "data.num_workers=0",
+        "trainer=debug", f"hydra.run.dir={tmp_path / 'tune'}", cwd=tmp_path,
     )  # fmt: skip
     assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
     assert json.loads((tmp_path / "tune" / "metrics.json").read_text())["top1"] >= 0
