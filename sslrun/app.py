@@ -26,8 +26,18 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sslrun import console, launch
+from sslrun.cluster import check_nodes, check_slurm_launcher, is_first_process, rank_suffix
 from sslrun.config import COMMAND_SCHEMAS, key_rows, shared_schema, unknown_key_message, validate
-from sslrun.errors import FAILED, Diverged, Interrupted, MachineFault, RunStopped, UserError, machine_fault
+from sslrun.errors import (
+    FAILED,
+    Diverged,
+    Interrupted,
+    MachineFault,
+    Preempted,
+    RunStopped,
+    UserError,
+    machine_fault,
+)
 from sslrun.lock import run_lock
 from sslrun.outputs import run_dir
 from sslrun.registry import unknown_name_message
@@ -106,16 +116,21 @@ def job_dirname(overrides: list[str]) -> str:
 OmegaConf.register_new_resolver("sslrun_dirname", job_dirname, replace=True)
 
 
-def hydra_subdir(output_dir: str, resume: str) -> str:
+def hydra_subdir(output_dir: str, resume: str) -> str | None:
     """Where Hydra writes its own files of this job: ``.hydra``, unless a run there already has them and this job
     continues it (a resume, or a finished run met again): then ``.hydra/rerun-<time>``, so what the run was is kept.
     Used as ``hydra.output_subdir`` in the primary configs."""
+    if not is_first_process():  # a later node or srun task of a multi-process job: the first one writes them
+        return None
     if str(resume) != "overwrite" and (Path(output_dir) / ".hydra" / "config.yaml").is_file():
         return f".hydra/rerun-{time.strftime('%Y%m%d-%H%M%S')}"
     return ".hydra"
 
 
 OmegaConf.register_new_resolver("sslrun_hydra_subdir", hydra_subdir, replace=True)
+# ``hydra.job.name``, hence the log file's name: ``pretrain.log`` for a job's first process, ``pretrain.rank1.log``
+# for a later node's or task's (one run dir per job, whatever the rank count)
+OmegaConf.register_new_resolver("sslrun_job_name", lambda name: f"{name}{rank_suffix()}", replace=True)
 
 # The primary configs search ./configs (experiment/, sweep/ files of the working directory); most working directories
 # have none, which Hydra would announce on every run.
@@ -145,6 +160,9 @@ def run_command(name: str, command: ModuleType | str, argv: list[str]) -> list[J
                 job.metrics = command.run(checked(cfg, command)) or {}
         except USER_ERRORS as err:
             job.failed(2, "error", one_line(err))
+        except Preempted as err:  # requeued (this exits), or nothing to requeue with: stopped as by SIGTERM
+            err.preemption.requeue()
+            console.fail(str(err), err.status, "stopped")
         except Interrupted as err:  # a signal stops the whole sweep: the cluster or the user wants the machine back
             console.fail(str(err), err.status, "stopped")
         except RunStopped as err:
@@ -261,6 +279,7 @@ def precheck(name: str, command: ModuleType | str, overrides: list[str], multiru
             f"cannot parse overrides: {str(err).splitlines()[0]}; a value with spaces or other special characters "
             "goes in quotes Hydra sees, e.g. \"data.root='/my data/images'\""
         ) from None
+    launcher = next((str(o.value()) for o in parsed if o.key_or_group == "hydra/launcher"), None)
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
     GlobalHydra.instance().clear()
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -277,6 +296,11 @@ def precheck(name: str, command: ModuleType | str, overrides: list[str], multiru
         command = importlib.import_module(command)
     for cfg in composed:
         checked(cfg, command)
+        check_nodes(int(OmegaConf.select(cfg, "trainer.num_nodes", default=1)), launcher)
+    if launcher and "slurm" in launcher:
+        partition = next((o.value() for o in OverridesParser.create().parse_overrides(overrides)
+                          if o.key_or_group == "hydra.launcher.partition"), None)  # fmt: skip
+        check_slurm_launcher(partition)
     return command
 
 

@@ -176,6 +176,7 @@ class TrainerConfig:
     devices: Any = 1
     strategy: str = "auto"
     num_nodes: int = checked(1, POSITIVE_INT)
+    accumulate_grad_batches: int = checked(1, POSITIVE_INT)  # batches per optimizer step (global batch x this)
     precision: str = checked("32", one_of(*PRECISIONS))
     channels_last: bool = False
     max_epochs: int = 100

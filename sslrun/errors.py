@@ -60,3 +60,12 @@ class Interrupted(RunStopped):
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)
         self.status = 128 + signal_number
+
+
+class Preempted(Interrupted):
+    """The scheduler's preemption signal (SLURM's ``--signal``, submitit's USR2): a checkpoint was written; the job
+    is requeued (``sslrun.cluster.Preemption.requeue``) and continues its run dir through ``resume=auto``."""
+
+    def __init__(self, message: str, signal_number: int, preemption: object) -> None:
+        super().__init__(message, signal_number)
+        self.preemption = preemption

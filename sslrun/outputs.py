@@ -27,8 +27,10 @@ def run_dir() -> Path:
 
 def is_first_process() -> bool:
     """The first process of a run: DDP ranks after the first are relaunched with LOCAL_RANK set, later nodes have
-    NODE_RANK."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    NODE_RANK, srun's tasks SLURM_PROCID (``sslrun.cluster.process_rank``)."""
+    from sslrun.cluster import is_first_process as first
+
+    return first()
 
 
 def record_config(cfg: DictConfig, command: str, continuing: bool = False) -> None:

@@ -15,6 +15,7 @@ from sslrun.callbacks.unreadable import UnreadableImages
 from sslrun.config import PretrainConfig
 from sslrun.data import SSLDataModule
 from sslrun.data.base import check_label_fraction
+from sslrun.errors import UserError
 from sslrun.eval.features import uses_precise_bn
 from sslrun.methods import METHODS
 from sslrun.optim import optim_schema
@@ -29,7 +30,13 @@ def schema(cfg: DictConfig) -> PretrainConfig:
 
 def check(cfg: DictConfig) -> None:
     """Checks across keys, run before any work (``sslrun.app``)."""
-    METHODS.get(cfg.method.name).check_backbone(cfg.method.name, cfg.backbone.name)
+    method = METHODS.get(cfg.method.name)
+    method.check_backbone(cfg.method.name, cfg.backbone.name)
+    if method.optimizer_steps_per_batch > 1 and cfg.trainer.accumulate_grad_batches > 1:
+        raise UserError(
+            f"method={cfg.method.name} steps its two optimizers itself, so it cannot accumulate gradients: drop "
+            "trainer.accumulate_grad_batches, or raise data.batch_size instead"
+        )
     check_label_fraction(cfg.data, "pretrain")
 
 

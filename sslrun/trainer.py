@@ -108,6 +108,7 @@ def build_trainer(
         devices=cfg.devices,
         strategy=strategy_for(cfg.strategy, cfg.devices, cfg.num_nodes, manual_optimization),
         num_nodes=cfg.num_nodes,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
         precision=cfg.precision,
         max_epochs=cfg.max_epochs,
         max_steps=cfg.max_steps,
@@ -124,5 +125,13 @@ def build_trainer(
         logger=build_loggers(logger_cfg, out_dir) or False,
         callbacks=[*callbacks, *extra],
         enable_checkpointing=False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
     )
+
+
+def cluster_plugins() -> list:
+    """Under SLURM, Lightning's SLURM environment without its own requeue handler: sslrun's checkpoint callback
+    takes the preemption signal (at a batch end, every rank alike) and requeues (``sslrun.cluster``)."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []

@@ -18,7 +18,8 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from sslrun.errors import Interrupted, MachineFault, machine_fault
+from sslrun.cluster import Preemption
+from sslrun.errors import Interrupted, MachineFault, Preempted, machine_fault
 from sslrun.outputs import write_atomically
 
 RUN_KEY = "sslrun"  # the checkpoint's entry holding command, config, progress and RNG states
@@ -79,6 +80,7 @@ class LastCheckpoint(pl.Callback):
         self._saved_at = time.monotonic()
         self._ctrl_c = False
         self._previous_handler: Any = None
+        self.preemption = Preemption()
 
     def save(self, trainer: pl.Trainer, epoch_end: bool) -> None:
         self._epoch_end = epoch_end
@@ -89,6 +91,7 @@ class LastCheckpoint(pl.Callback):
         self._saved_at = time.monotonic()
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGINT, self._on_ctrl_c)
+            self.preemption.start()
 
     def _on_ctrl_c(self, signum: int, frame: Any) -> None:
         if self._ctrl_c:  # a second Ctrl-C: stop at once, with sslrun's line and status (not Lightning's exit 1)
@@ -100,17 +103,25 @@ class LastCheckpoint(pl.Callback):
         self._ctrl_c = True
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        flags = [trainer.received_sigterm, self._ctrl_c, self._time_due()]
+        flags = [self.preemption.requested, trainer.received_sigterm, self._ctrl_c, self._time_due()]
         if trainer.world_size > 1:  # every rank takes part in a save, so every rank decides alike (one all-reduce)
             summed = trainer.strategy.reduce(
                 torch.tensor(flags, dtype=torch.float32, device=pl_module.device), reduce_op="sum"
             )
             flags = [bool(v) for v in summed.tolist()]
-        sigterm, ctrl_c, time_due = flags
+        preempted, sigterm, ctrl_c, time_due = flags
         stop = signal.SIGTERM if sigterm else signal.SIGINT if ctrl_c else 0
         steps_due = self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0
-        if stop or steps_due or time_due:
+        if preempted or stop or steps_due or time_due:
             self.save(trainer, epoch_end=False)
+        if preempted:
+            self._restore_handler()
+            raise Preempted(
+                f"preempted ({signal.Signals(self.preemption.signum).name}) at step {trainer.global_step} (epoch "
+                f"{trainer.current_epoch}); saved {self.path}: the requeued job, or the same command, continues it",
+                self.preemption.signum,
+                self.preemption,
+            )
         if stop:
             raise Interrupted(
                 f"stopped by {signal.Signals(stop).name} at step {trainer.global_step} (epoch {trainer.current_epoch});"
@@ -138,6 +149,7 @@ class LastCheckpoint(pl.Callback):
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
+            self.preemption.stop()
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[RUN_KEY] = {

@@ -170,5 +170,17 @@ def lightning_optimizers(
     total = run_steps(trainer, steps_per_batch)
     batches = trainer.num_training_batches
     per_epoch = 1 if batches == float("inf") else max(1, int(batches) // trainer.accumulate_grad_batches)
-    optimizer, schedule = build_optimizer(groups, cfg, batch_size * trainer.world_size, per_epoch, total)
+    accumulate = trainer.accumulate_grad_batches
+    devices = trainer.world_size // max(1, trainer.num_nodes)
+    global_batch = batch_size * trainer.world_size * accumulate
+    log.info(
+        "global batch %d = %d per device (data.batch_size) x %d device(s) x %d node(s) x %d accumulated "
+        "(trainer.accumulate_grad_batches)",
+        global_batch,
+        batch_size,
+        devices,
+        trainer.num_nodes,
+        accumulate,
+    )
+    optimizer, schedule = build_optimizer(groups, cfg, global_batch, per_epoch, total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

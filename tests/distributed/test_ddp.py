@@ -66,3 +66,41 @@ def test_ddp_equals_single_process(worlds, job):
     """Every parameter and buffer (teachers after their EMA step, queues after their enqueue, DINO's centre) is the
     single-process one on both ranks: a queue that enqueued only its rank's keys would differ on rank 1."""
     assert_same_step(result(worlds, job, 1), result(worlds, job, 2))
+
+
+NODE_JOBS = ["contrastive:chunked", "byol"]  # the gathered loss, and an EMA teacher
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory) -> Path:
+    """2 nodes x 1 process on this host: two launches of the worker, each with its NODE_RANK, one master address."""
+    import os
+
+    folder = tmp_path_factory.mktemp("nodes2")
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    cmd = [sys.executable, str(WORKER), "--devices", "1", "--nodes", "2", "--out", str(folder), *NODE_JOBS]
+    procs = [
+        subprocess.Popen(cmd, env={**env, "NODE_RANK": str(node)}, cwd=folder, stderr=subprocess.PIPE, text=True)
+        for node in (0, 1)
+    ]
+    errors = [proc.communicate(timeout=600)[1] for proc in procs]
+    for proc, err in zip(procs, errors, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", NODE_JOBS)
+def test_two_nodes_on_one_host_equal_one_process(worlds, two_nodes, job):
+    """trainer.num_nodes=2 with a node rank each: the node-rank-1 process is global rank 1 (it takes the second half
+    of the batch), and the step equals the single-process one."""
+    double = result({**worlds, 2: two_nodes}, job, 2)
+    assert_same_step(result(worlds, job, 1), double)

@@ -51,14 +51,16 @@ def without_batchnorm(module: torch.nn.Module) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--devices", type=int, required=True)
+    parser.add_argument("--devices", type=int, required=True, help="processes on this node")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes (each run as its own launch, NODE_RANK set)")
     parser.add_argument("--out", required=True, help="a folder: one <job>.pt per job (and .rank<r> per other rank)")
     parser.add_argument("jobs", nargs="+", help="method[:backend[:library:model]], e.g. byol, contrastive:chunked")
     args = parser.parse_args()
     for job in args.jobs:  # every job in one launch: the processes start (and import torch) once
         method, backend, backbone = parse_job(job)
         out = os.path.join(args.out, f"{job.replace(':', '-')}.pt")
-        run_job(argparse.Namespace(method=method, backend=backend, backbone=backbone, devices=args.devices, out=out))
+        job_args = {"method": method, "backend": backend, "backbone": backbone, "out": out}
+        run_job(argparse.Namespace(devices=args.devices, nodes=args.nodes, **job_args))
 
 
 def parse_job(job: str) -> tuple[str, str, str | None]:
@@ -81,7 +83,7 @@ def run_job(args: argparse.Namespace) -> None:
         "optim.scale_lr=false",
         "optim.weight_decay=0",
         "optim.momentum=0",
-        f"data.batch_size={GLOBAL_BATCH // args.devices}",
+        f"data.batch_size={GLOBAL_BATCH // (args.devices * args.nodes)}",
     ]
     if args.method == "contrastive":
         overrides.append(f"method.loss_backend={args.backend}")
@@ -101,10 +103,14 @@ def run_job(args: argparse.Namespace) -> None:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean").item())
 
+    world = args.devices * args.nodes
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=args.devices,
-        strategy=strategy_for("ddp", args.devices, 1, not model.automatic_optimization) if args.devices > 1 else "auto",
+        num_nodes=args.nodes,
+        strategy=strategy_for("ddp", args.devices, args.nodes, not model.automatic_optimization)
+        if world > 1
+        else "auto",
         max_steps=1,
         logger=False,
         enable_checkpointing=False,
@@ -116,8 +122,8 @@ def run_job(args: argparse.Namespace) -> None:
     # Rank r takes the contiguous block r of the global batch (Lightning's DistributedSampler would interleave the
     # rows), so a gathered batch has the single-process row order and queues can be compared row by row.
     views = FixedViews(method.view_specs(OmegaConf.create(cfg["method"])))
-    per_rank = GLOBAL_BATCH // args.devices
-    rank = int(os.environ.get("LOCAL_RANK", 0))
+    per_rank = GLOBAL_BATCH // world
+    rank = int(os.environ.get("NODE_RANK", 0)) * args.devices + int(os.environ.get("LOCAL_RANK", 0))
     loader = DataLoader(Subset(views, range(rank * per_rank, (rank + 1) * per_rank)), batch_size=per_rank)
     trainer.fit(model, train_dataloaders=loader)
     # Every rank saves its state: buffers such as queues must be equal on all ranks, not only on rank 0.
