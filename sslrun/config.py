@@ -202,9 +202,27 @@ class TensorBoardLoggerConfig:
 
 
 @dataclass
+class WandbLoggerConfig:
+    project: str = "sslrun"
+    entity: str | None = None
+    mode: str = checked("auto", one_of("auto", "online", "offline"))
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MLflowLoggerConfig:
+    experiment: str = "sslrun"
+    tracking_uri: str | None = None
+    run_name: str | None = None
+
+
+@dataclass
 class LoggerConfig:
     csv: CSVLoggerConfig | None = None
     tensorboard: TensorBoardLoggerConfig | None = None
+    wandb: WandbLoggerConfig | None = None
+    mlflow: MLflowLoggerConfig | None = None
 
 
 @dataclass

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sslrun import console, resume
+from sslrun import console, resume, trackers
 from sslrun.backbones import BACKBONES
 from sslrun.backbones.layers import at_layer
 from sslrun.backbones.library import describe
@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 def schema(cfg: DictConfig) -> FinetuneConfig:
     return FinetuneConfig(optim=optim_schema(cfg))
+
+
+def check(cfg: DictConfig) -> None:
+    """Checks across keys, run before any work (``sslrun.app``)."""
+    trackers.check(cfg.logger)
 
 
 def build_backbone(cfg: DictConfig, data: SSLDataModule) -> tuple[nn.Module, DictConfig]:
@@ -91,7 +96,9 @@ def run(cfg: DictConfig) -> dict[str, float | int | str]:
     # The linear head on precomputed features costs nothing; it trains in fp32 whatever the preset says.
     linear = {"precision": "32", "channels_last": False}
     trainer_cfg = OmegaConf.merge(cfg.trainer, linear) if cfg.mode == "linear" else cfg.trainer
-    trainer = build_trainer(trainer_cfg, cfg.logger, out, [], "finetune", config, validate=True)
+    trainer = build_trainer(
+        trainer_cfg, cfg.logger, out, [], "finetune", config, validate=True, continuing=start_from is not None
+    )
     trainer.fit(
         model, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=start_from and start_from.path
     )

@@ -7,7 +7,7 @@ import time
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from sslrun import console, resume
+from sslrun import console, resume, trackers
 from sslrun.callbacks.image_grid import ImageGrids
 from sslrun.callbacks.knn import KNNMonitor
 from sslrun.callbacks.throughput import Throughput
@@ -38,6 +38,7 @@ def check(cfg: DictConfig) -> None:
             "trainer.accumulate_grad_batches, or raise data.batch_size instead"
         )
     check_label_fraction(cfg.data, "pretrain")
+    trackers.check(cfg.logger)
 
 
 def run(cfg: DictConfig) -> dict[str, float | int]:
@@ -65,7 +66,10 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     unreadable = UnreadableImages(data)
     manual = not model.automatic_optimization
     callbacks = [throughput, knn, grids, unreadable]
-    trainer = build_trainer(cfg.trainer, cfg.logger, out, callbacks, "pretrain", config, manual_optimization=manual)
+    trainer = build_trainer(
+        cfg.trainer, cfg.logger, out, callbacks, "pretrain", config, manual_optimization=manual,
+        continuing=start_from is not None,
+    )  # fmt: skip
     start = time.perf_counter()
     trainer.fit(model, datamodule=data, ckpt_path=start_from and start_from.path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in _REPORTED}

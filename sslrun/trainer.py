@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
+from sslrun import trackers
 from sslrun.callbacks.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from sslrun.callbacks.guard import DivergenceGuard
 from sslrun.callbacks.progress import RunProgressBar
@@ -60,7 +61,7 @@ warnings.filterwarnings("ignore", message=r"The number of training batches .* is
 warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
-def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
+def build_loggers(cfg: DictConfig, out_dir: Path, continuing: bool = False) -> list[Logger]:
     loggers: list[Logger] = []
     if cfg.csv is not None:
         loggers.append(
@@ -72,7 +73,7 @@ def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
                 out_dir, name="tensorboard", version="", default_hp_metric=cfg.tensorboard.default_hp_metric
             )
         )
-    return loggers
+    return loggers + trackers.build(cfg, out_dir, continuing)
 
 
 def strategy_for(strategy: str, devices: object, num_nodes: int, find_unused_parameters: bool) -> str:
@@ -91,18 +92,21 @@ def build_trainer(
     run_config: dict[str, Any],
     validate: bool = False,
     manual_optimization: bool = False,
+    continuing: bool = False,
 ) -> pl.Trainer:
     """A Trainer writing ``checkpoints/last.ckpt`` (atomically; with ``run_config``, the resolved config of
     ``sslrun <command>``, for ``resume``) and logger output into ``out_dir``, stopping on a non-finite loss; the
     Lightning validation loop runs only with ``validate`` (pretraining evaluates through the kNN monitor instead).
     With ``manual_optimization`` (two-player methods) the model clips its own gradients and DDP looks for unused
-    parameters."""
+    parameters. ``continuing``: the run resumes its checkpoint, and its W&B/MLflow runs with it."""
     route_lightning_notes_to_the_log_file()
     path = last_checkpoint(out_dir)
     checkpoint = LastCheckpoint(path, command, run_config, cfg.checkpoint_every_n_steps, cfg.checkpoint_every_n_minutes)
     extra: list[Callback] = [DivergenceGuard(path), checkpoint]
     if cfg.enable_progress_bar:
         extra.append(RunProgressBar(leave=True))
+    loggers = build_loggers(logger_cfg, out_dir, continuing)
+    trackers.log_config(loggers, run_config)
     return pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -122,7 +126,7 @@ def build_trainer(
         enable_progress_bar=cfg.enable_progress_bar,
         enable_model_summary=False,  # a whole table in the terminal at every start
         default_root_dir=out_dir,
-        logger=build_loggers(logger_cfg, out_dir) or False,
+        logger=loggers or False,
         callbacks=[*callbacks, *extra],
         enable_checkpointing=False,
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],

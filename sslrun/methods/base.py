@@ -84,7 +84,7 @@ class SSLMethod(pl.LightningModule):
         stored in the checkpoint, with the data's channels, image size and input ``normalization`` (per-channel mean
         and std of the pixels in [0, 1]), to rebuild the model and describe its input for export)."""
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the loggers get the resolved config from sslrun.trackers.log_config
         self.run_config: DictConfig = OmegaConf.create(cfg)
         self.config = self.typed_config(self.run_config.method)
         self.check_backbone(self.run_config.method.name, self.run_config.backbone.name)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers.cli import SSLRUN, TINY, assert_user_error, sslrun
+from helpers.cli import SSLRUN, TINY, assert_user_error, sslrun
 
 
 def free_port() -> int:
