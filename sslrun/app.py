@@ -135,6 +135,9 @@ OmegaConf.register_new_resolver("sslrun_job_name", lambda name: f"{name}{rank_su
 # The primary configs search ./configs (experiment/, sweep/ files of the working directory); most working directories
 # have none, which Hydra would announce on every run.
 warnings.filterwarnings("ignore", message=r"provider=hydra.searchpath in main, path=configs is not available")
+# sslrun's hydra/launcher/submitit_*.yaml are checked against the submitit plugin's schema of the same name (its keys
+# and types), which Hydra calls deprecated on every run.
+warnings.filterwarnings("ignore", message=r"(?s).*hydra/launcher/submitit_\w+' is validated against ConfigStore schema")
 
 
 def run_command(name: str, command: ModuleType | str, argv: list[str]) -> list[Job]:
@@ -151,7 +154,7 @@ def run_command(name: str, command: ModuleType | str, argv: list[str]) -> list[J
 
     jobs: list[Job] = []
 
-    def task(cfg: DictConfig) -> None:
+    def task(cfg: DictConfig) -> Job:
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
         job = Job.current()  # ``command`` is a module by now: Hydra runs a job only past the pre-flight above
@@ -161,7 +164,7 @@ def run_command(name: str, command: ModuleType | str, argv: list[str]) -> list[J
         except USER_ERRORS as err:
             job.failed(2, "error", one_line(err))
         except Preempted as err:  # requeued (this exits), or nothing to requeue with: stopped as by SIGTERM
-            err.preemption.requeue()
+            err.preemption.requeue(str(err))
             console.fail(str(err), err.status, "stopped")
         except Interrupted as err:  # a signal stops the whole sweep: the cluster or the user wants the machine back
             console.fail(str(err), err.status, "stopped")
@@ -178,10 +181,11 @@ def run_command(name: str, command: ModuleType | str, argv: list[str]) -> list[J
         if not job.in_sweep:
             if job.status:
                 console.fail(job.message, job.status, job.label)
-            return
+            return job
         if job.status:  # the sweep goes on; the failure is kept in the job's dir and summed up at the end
             console.err_console.print(f"[bold red]job {job.number} failed ({job.label}):[/bold red] {job.message}")
             job.record()
+        return job  # a launcher of other processes (submitit) hands it back to this one's REMOTE_JOBS
 
     sys.argv = [str(launch.script(name)), *argv]
     try:
@@ -190,8 +194,9 @@ def run_command(name: str, command: ModuleType | str, argv: list[str]) -> list[J
         if args.help and not stop.code:  # Hydra's help lists the groups; the keys, their defaults and rules follow
             print_keys(name)
         raise
+    jobs += REMOTE_JOBS
     if len(jobs) > 1 or (jobs and jobs[0].in_sweep):
-        summarise_sweep(jobs)
+        summarise_sweep(sorted(jobs, key=lambda job: job.number))
     return jobs
 
 
@@ -203,6 +208,10 @@ def print_keys(name: str) -> None:
     print("== Keys (schema default; rule) ==\n")
     for key, default, what in rows:
         print(f"{key:<{width}}{default + '; ' if default else ''}{what}")
+
+
+# The jobs a launcher ran in other processes (hydra_plugins/sslrun_submitit), as they came back.
+REMOTE_JOBS: list[Job] = []
 
 
 @dataclass

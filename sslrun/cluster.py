@@ -128,10 +128,12 @@ class Preemption:
         if self.previous is not None:
             signal.signal(self.signum, self.previous)
 
-    def requeue(self) -> bool:
+    def requeue(self, message: str = "") -> bool:
         """Requeue this job (the checkpoint is written by now): through submitit's own handler in a submitit job
         (it pickles the job again and requeues it; it exits the process), with ``scontrol requeue`` in a plain SLURM
         job. False where there is nothing to requeue with: the run just stops, as on SIGTERM."""
+        if message:
+            log.warning("%s", message)
         previous = self.previous
         if in_submitit_job() and callable(previous):
             log.info("preempted: the checkpoint is written; submitit requeues the job")

@@ -135,8 +135,8 @@ def _wandb(cfg: Any, out_dir: Path, ids: dict) -> Any:
 
 
 def _mlflow(cfg: Any, out_dir: Path, ids: dict) -> Any:
-    from pytorch_lightning.loggers import MLFlowLogger
     from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
+    from pytorch_lightning.loggers import MLFlowLogger
 
     class ContinuedMLFlowLogger(MLFlowLogger):
         """MLflow refuses to change a logged param: a continued run logs only the params its run does not have yet

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import warnings
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from sslrun import trackers
 from sslrun.callbacks.checkpoints import AtomicCheckpointIO, LastCheckpoint
@@ -61,11 +64,34 @@ warnings.filterwarnings("ignore", message=r"The number of training batches .* is
 warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts; a run that continues its run dir
+    appends to it instead, under the header it has."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+
+class ContinuingCSVLogger(CSVLogger):
+    """``csv/metrics.csv`` of a resumed or requeued run holds the rows of every launch."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 def build_loggers(cfg: DictConfig, out_dir: Path, continuing: bool = False) -> list[Logger]:
     loggers: list[Logger] = []
     if cfg.csv is not None:
+        csv_logger = ContinuingCSVLogger if continuing else CSVLogger
         loggers.append(
-            CSVLogger(out_dir, name="csv", version="", flush_logs_every_n_steps=cfg.csv.flush_logs_every_n_steps)
+            csv_logger(out_dir, name="csv", version="", flush_logs_every_n_steps=cfg.csv.flush_logs_every_n_steps)
         )
     if cfg.tensorboard is not None:
         loggers.append(

@@ -1,6 +1,7 @@
 """logger=wandb and logger=mlflow, offline: records their own formats read back, one tracker run per run dir
 continued by a resumed run, the resolved config and sslrun's version in each."""
 
+import csv
 import json
 import os
 
@@ -31,6 +32,9 @@ def test_wandb_and_mlflow_write_offline_and_a_resumed_run_continues_them(tmp_pat
         os.environ.clear()
         os.environ.update(env_free)
     assert json.loads((run / "trackers.json").read_text()) == ids
+    with open(run / "csv" / "metrics.csv") as f:  # CSV too keeps both launches' rows (Lightning's deleted them)
+        rows = [row for row in csv.DictReader(f) if row.get("train_loss")]
+    assert {row["epoch"] for row in rows} == {"0", "1"}, rows
 
     files = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 2, files  # one offline record a launch, both of the one W&B run
