@@ -8,6 +8,10 @@ Runs alternate (sslrun, plain, sslrun, plain) and the best of each is kept, as t
     python scripts/bench_pretrain.py --steps 30 backbone=resnet18 backbone.width=0.25 data=imagefolder \
         data.root=$PWD/runs/data/fmnist      # a PNG folder decoded once into RAM, views made a batch at a time
 
+    python scripts/bench_pretrain.py --compile --steps 40 --results results/compile.jsonl   # trainer.compile
+
+``--compile`` times sslrun with ``trainer.compile=false`` against ``true`` instead (alternating; the compiled runs'
+first steps, which compile, are excluded like every run's first step; the compile time is reported apart).
 ``data.root`` must be absolute: each timed run works inside ``--out``. ``--results results/throughput.jsonl`` also
 appends the JSON line, with its provenance, to the data docs/results.md is generated from.
 """
@@ -91,17 +95,51 @@ def plain_img_per_s(cfg: DictConfig, steps: int, precision: str, channels_last: 
     return images / seconds
 
 
+def compare_compiled(cfg: DictConfig, args: argparse.Namespace) -> None:
+    """Images/s of sslrun with and without ``trainer.compile``, alternating, best of each; and the seconds the
+    compiled run's first repeat took over the eager one's (mostly compilation; inductor's on-disk cache, warm after a
+    first compile of the same graphs, makes later ones cheaper)."""
+    eager, compiled, first = [], [], []
+    for _ in range(args.repeats):
+        for flag, out in ((False, eager), (True, compiled)):
+            start = time.perf_counter()
+            out.append(sslrun_img_per_s(OmegaConf.merge(cfg, {"trainer": {"compile": flag}}), args.steps, args.out))
+            first.append((flag, time.perf_counter() - start))
+    wall = {flag: next(t for f, t in first if f == flag) for flag in (False, True)}  # the first repeat: compiling
+    result = {
+        "bench": "compile",
+        "backbone": describe_backbone(cfg.backbone),
+        "method": cfg.method.name,
+        "data": cfg.data.name,
+        "batch_size": cfg.data.batch_size,
+        "precision": str(cfg.trainer.precision),
+        "channels_last": bool(cfg.trainer.channels_last),
+        "steps": args.steps,
+        "eager_img_per_s": round(max(eager), 1),
+        "compiled_img_per_s": round(max(compiled), 1),
+        "compiled_vs_eager": round(max(compiled) / max(eager), 3),
+        "compile_overhead_s": round(wall[True] - wall[False], 1),  # first repeat's wall time, compiled minus eager
+        "torch": torch.__version__,
+    }
+    print(json.dumps(result))
+    if args.results:
+        append_row(args.results, result | provenance(this_command()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--results", help="also append the result to this results/*.jsonl file")
+    parser.add_argument("--compile", action="store_true", help="sslrun eager against sslrun trainer.compile=true")
     parser.add_argument("overrides", nargs="*", help="pretrain config overrides, e.g. backbone.width=0.25")
     args = parser.parse_args()
     cfg = config(args.overrides)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     precision, channels_last = str(cfg.trainer.precision), bool(cfg.trainer.channels_last)
+    if args.compile:
+        return compare_compiled(cfg, args)
     ours, plain, fp32 = [], [], []
     for _ in range(args.repeats):
         ours.append(sslrun_img_per_s(cfg, args.steps, args.out))

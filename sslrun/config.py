@@ -179,6 +179,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = checked(1, POSITIVE_INT)  # batches per optimizer step (global batch x this)
     precision: str = checked("32", one_of(*PRECISIONS))
     channels_last: bool = False
+    compile: bool = False  # torch.compile of the backbone (and its EMA teacher)
     max_epochs: int = 100
     max_steps: int = -1
     limit_train_batches: Any = checked(1.0, POSITIVE)

@@ -26,7 +26,7 @@ from sslrun.eval.classifier import Classifier
 from sslrun.eval.features import extract_features, knn_predict, precise_bn, topk_accuracy, uses_precise_bn
 from sslrun.optim import optim_schema
 from sslrun.outputs import read_metrics, record_config, run_dir, write_metrics
-from sslrun.trainer import build_trainer
+from sslrun.trainer import build_trainer, compile_for_training
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ def run(cfg: DictConfig) -> dict[str, float | int | str]:
     backbone, backbone_cfg = build_backbone(cfg, data)
     params = sum(p.numel() for p in backbone.parameters())
     backbone = at_layer(backbone, cfg.eval.layer)
+    if cfg.trainer.compile:  # in place: the feature extraction (linear) or the fine-tune (full) runs compiled
+        compile_for_training(nn.ModuleDict({"backbone": backbone}))
     metrics: dict[str, float | int | str] = {
         "mode": cfg.mode,
         "pretrained": str(cfg.pretrained),

@@ -20,7 +20,7 @@ from sslrun.eval.features import uses_precise_bn
 from sslrun.methods import METHODS
 from sslrun.optim import optim_schema
 from sslrun.outputs import read_metrics, record_config, run_dir, write_metrics
-from sslrun.trainer import build_trainer
+from sslrun.trainer import build_trainer, compile_for_training
 
 
 def schema(cfg: DictConfig) -> PretrainConfig:
@@ -57,6 +57,8 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     evaluated = data.bound_evaluation(cfg.eval.max_train_images, cfg.eval.max_val_images)
     normalization = {"mean": list(data.splits.mean), "std": list(data.splits.std)}
     model = method_cls(config, data.channels, data.image_size, data.num_classes, normalization)
+    if cfg.trainer.compile:
+        compile_for_training(model)
     throughput = Throughput()
     precise = uses_precise_bn(cfg.eval.precise_bn, cfg.backbone.name)
     knn = KNNMonitor(

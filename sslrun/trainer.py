@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
@@ -20,6 +21,8 @@ from sslrun.callbacks.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from sslrun.callbacks.guard import DivergenceGuard
 from sslrun.callbacks.progress import RunProgressBar
 from sslrun.resume import last_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class _QuietLightning(logging.Filter):
@@ -165,3 +168,26 @@ def cluster_plugins() -> list:
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def compile_for_training(model: torch.nn.Module) -> list[str]:
+    """``trainer.compile=true``: ``torch.compile`` the backbone and any EMA teacher of it in place (``Module.compile``:
+    the state-dict keys, hence checkpoints and exports, stay those of the eager modules). UserError in one line where
+    this platform cannot compile. Returns the compiled modules' names."""
+    from sslrun.errors import UserError
+
+    try:
+        probe = torch.compile(lambda x: torch.nn.functional.relu(x) * 2.0)
+        probe(torch.randn(8))
+    except Exception as err:  # noqa: BLE001 - whatever stops the compiler: no C++ compiler, an unsupported Python
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise UserError(
+            f"trainer.compile=true, but torch.compile does not work here ({reason}); set trainer.compile=false"
+        ) from None
+    names = [name for name, _ in model.named_children() if name == "backbone" or name.startswith("teacher_backbone")]
+    for name in names:
+        getattr(model, name).compile()
+    log.info(
+        "trainer.compile: torch.compile of %s; the first steps (and the first evaluation) compile", ", ".join(names)
+    )
+    return names
