@@ -174,7 +174,8 @@ class AdamConfig(OptimConfig):
 class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = 1
-    strategy: str = "auto"
+    strategy: str = "auto"  # auto | ddp | fsdp (CUDA GPUs, ViT backbones) | any Lightning strategy name
+    activation_checkpointing: bool = False  # with strategy=fsdp: recompute each transformer block in the backward
     num_nodes: int = checked(1, POSITIVE_INT)
     accumulate_grad_batches: int = checked(1, POSITIVE_INT)  # batches per optimizer step (global batch x this)
     precision: str = checked("32", one_of(*PRECISIONS))

@@ -39,6 +39,44 @@ def check(cfg: DictConfig) -> None:
         )
     check_label_fraction(cfg.data, "pretrain")
     trackers.check(cfg.logger)
+    check_fsdp(cfg)
+
+
+VIT_BACKBONES = ("vit_tiny", "vit_small")
+
+
+def check_fsdp(cfg: DictConfig) -> None:
+    """``trainer.strategy=fsdp``: Lightning's FSDP runs on CUDA GPUs only; sslrun shards ViT blocks; EMA teachers,
+    queues and two-player methods are not proven under sharded parameters, so they are refused."""
+    if cfg.trainer.activation_checkpointing and cfg.trainer.strategy != "fsdp":
+        raise UserError("trainer.activation_checkpointing=true works with trainer.strategy=fsdp")
+    if cfg.trainer.strategy != "fsdp":
+        return
+    import torch
+
+    if cfg.trainer.accelerator == "cpu" or (cfg.trainer.accelerator == "auto" and not torch.cuda.is_available()):
+        raise UserError(
+            "trainer.strategy=fsdp needs CUDA GPUs (Lightning's FSDP refuses the CPU); on CPUs use trainer=ddp "
+            "trainer.accelerator=cpu"
+        )
+    vit = cfg.backbone.name in VIT_BACKBONES or (
+        cfg.backbone.name == "timm" and str(cfg.backbone.model).startswith(("vit_", "deit", "eva"))
+    )
+    if not vit:
+        raise UserError(
+            f"trainer.strategy=fsdp shards ViT blocks (backbone=vit_tiny, vit_small or a timm ViT), not "
+            f"backbone={cfg.backbone.name}; a model this size trains under trainer.strategy=ddp"
+        )
+    method = METHODS.get(cfg.method.name)
+    if method.teachers or method.optimizer_steps_per_batch > 1 or cfg.method.name in QUEUE_METHODS:
+        raise UserError(
+            f"method={cfg.method.name} keeps an EMA teacher, a queue or two players, which sslrun has not proven "
+            "under FSDP's sharded parameters: use trainer.strategy=ddp (or method=contrastive, mae, barlow_twins, "
+            "vicreg, simsiam)"
+        )
+
+
+QUEUE_METHODS = ("moco_v2", "nnclr", "swav")
 
 
 def run(cfg: DictConfig) -> dict[str, float | int]:

@@ -105,6 +105,31 @@ def build_loggers(cfg: DictConfig, out_dir: Path, continuing: bool = False) -> l
     return loggers + trackers.build(cfg, out_dir, continuing)
 
 
+def transformer_blocks() -> set[type]:
+    """The block classes FSDP wraps (and checkpoints): sslrun's ViT blocks, and timm's where timm is there."""
+    blocks: set[type] = {torch.nn.TransformerEncoderLayer}
+    try:
+        from timm.models.vision_transformer import Block
+
+        blocks.add(Block)
+    except ImportError:
+        pass
+    return blocks
+
+
+def fsdp_strategy(activation_checkpointing: bool) -> Any:
+    """Lightning's FSDP, each transformer block its own shard unit; full (unsharded) checkpoints, so a run's
+    ``last.ckpt`` stays what ``finetune``, ``export`` and ``resume`` read."""
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    blocks = transformer_blocks()
+    return FSDPStrategy(
+        auto_wrap_policy=blocks,
+        activation_checkpointing_policy=blocks if activation_checkpointing else None,
+        state_dict_type="full",
+    )
+
+
 def strategy_for(strategy: str, devices: object, num_nodes: int, find_unused_parameters: bool) -> str:
     """``trainer.strategy``, turned into DDP that looks for unused parameters where the model needs it (two-player
     methods, whose backward passes reach one player each) and DDP would run."""
@@ -139,7 +164,9 @@ def build_trainer(
     return pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
-        strategy=strategy_for(cfg.strategy, cfg.devices, cfg.num_nodes, manual_optimization),
+        strategy=fsdp_strategy(cfg.activation_checkpointing)
+        if cfg.strategy == "fsdp"
+        else strategy_for(cfg.strategy, cfg.devices, cfg.num_nodes, manual_optimization),
         num_nodes=cfg.num_nodes,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         precision=cfg.precision,

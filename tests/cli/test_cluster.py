@@ -52,8 +52,10 @@ def test_two_nodes_on_one_host_train_one_run_with_the_global_batch_and_its_lr(tm
         (["trainer.num_nodes=2"], {}, ["trainer.num_nodes=2 but nothing gives this node its rank", "NODE_RANK"]),
         (["-m", "hydra/launcher=submitit_slurm"], {"PATH": "/usr/bin:/bin"}, ["sbatch", "submitit_local"]),
         (["method=gan", "trainer.accumulate_grad_batches=2"], {}, ["cannot accumulate gradients"]),
+        (["backbone=vit_tiny", "trainer.strategy=fsdp"], {}, ["trainer.strategy=fsdp needs CUDA GPUs"]),
+        (["trainer.activation_checkpointing=true"], {}, ["works with trainer.strategy=fsdp"]),
     ],
-    ids=["nodes-without-ranks", "slurm-without-sbatch", "two-players-accumulating"],
+    ids=["nodes-without-ranks", "slurm-without-sbatch", "two-players-accumulating", "fsdp-on-cpu", "checkpointing"],
 )
 def test_cluster_mistakes_are_refused_before_anything_starts(tmp_path, args, env, fragments):
     clean = {k: v for k, v in os.environ.items() if k not in ("NODE_RANK", "SLURM_NTASKS", "GROUP_RANK")}
@@ -74,3 +76,31 @@ def test_global_batch_counts_accumulation(tmp_path):
     log = " ".join((tmp_path / "run" / "pretrain.log").read_text().split())
     assert "global batch 32 = 16 per device (data.batch_size) x 1 device(s) x 1 node(s) x 2 accumulated" in log
     assert "linear-scaled to global batch 32" in log
+
+
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (["backbone=resnet18"], "shards ViT blocks"),
+        (["backbone=vit_tiny", "method=byol"], "method=byol keeps an EMA teacher"),
+        (["backbone=vit_tiny", "method=moco_v2"], "method=moco_v2 keeps"),
+        (["backbone=vit_tiny", "method=mae"], None),
+        (["backbone=timm", "backbone.model=vit_tiny_patch16_224"], None),
+    ],
+)
+def test_fsdp_takes_vits_and_methods_without_teachers_or_queues(overrides, fragment):
+    """On GPUs (trainer.accelerator=gpu, so the CPU refusal does not answer first)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sslrun.errors import UserError
+    from sslrun.pretrain import check_fsdp
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("sslrun.configs", version_base="1.3"):
+        cfg = compose("pretrain", overrides=[*overrides, "trainer=gpu", "trainer.strategy=fsdp"])
+    if fragment is None:
+        check_fsdp(cfg)
+    else:
+        with pytest.raises(UserError, match=fragment):
+            check_fsdp(cfg)
