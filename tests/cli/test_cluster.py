@@ -104,3 +104,23 @@ def test_fsdp_takes_vits_and_methods_without_teachers_or_queues(overrides, fragm
     else:
         with pytest.raises(UserError, match=fragment):
             check_fsdp(cfg)
+
+
+def test_a_cluster_without_a_default_partition_needs_one_named(tmp_path):
+    """sbatch and sinfo stand-ins: sinfo lists partitions and none is the default (no '*')."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sbatch", "exit 0"), ("sinfo", "printf 'gpu\\ncpu\\n'")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [SSLRUN, "pretrain", "-m", "hydra/launcher=submitit_slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert_user_error(proc, "no default partition", "hydra.launcher.partition", "gpu, cpu")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_an_unknown_logger_is_refused_with_the_choices(tmp_path):
+    assert_user_error(sslrun("pretrain", "logger=comet", cwd=tmp_path), "unknown logger 'comet'", "mlflow", "wandb")
