@@ -243,6 +243,8 @@ class EvalConfig:
     # class-stratified subsets; null for all
     max_train_images: int | None = checked(10000, POSITIVE_INT)
     max_val_images: int | None = checked(5000, POSITIVE_INT)
+    # pretrain: the kNN of the encoder before its first step, which the end of the run is compared with
+    initial_knn: bool = True
     # recompute batch-norm statistics on 2048 train images before embedding (auto: for timm/torchvision/module models)
     precise_bn: Any = checked("auto", Rule(lambda v: v in ("auto", True, False), "auto, true or false"))
 

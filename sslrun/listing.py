@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from sslrun import console
+from sslrun import method_needs as needs
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -30,13 +31,16 @@ def rows() -> list[list[str]]:
 
     registries = {"method": METHODS, "backbone": BACKBONES, "data": DATASETS, "optim": OPTIMIZERS}
     found = [[kind, name, _describe(reg.get(name))] for kind, reg in registries.items() for name in reg.names()]
+    for row in found:  # what each method was measured to need (scripts/learning_curves.py)
+        if row[0] == "method" and (need := needs.describe(row[1])):
+            row[2] = f"{row[2]}; {need}" if row[2] else need
     return found + [["loss backend", name, "method.loss_backend=" + name] for name in NT_XENT_BACKENDS]
 
 
 def cache_path() -> Path:
     """The cache file for the sources installed now: another version, or an edited file, is another file."""
     stamp = hashlib.sha1()
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in sorted([*PACKAGE.rglob("*.py"), needs.NEEDS] if needs.NEEDS.is_file() else PACKAGE.rglob("*.py")):
         info = path.stat()
         stamp.update(f"{path.relative_to(PACKAGE)}:{info.st_size}:{info.st_mtime_ns};".encode())
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from sslrun import console, resume, trackers
+from sslrun import console, method_needs, resume, trackers
 from sslrun.callbacks.image_grid import ImageGrids
 from sslrun.callbacks.knn import KNNMonitor
 from sslrun.callbacks.throughput import Throughput
@@ -21,6 +22,8 @@ from sslrun.methods import METHODS
 from sslrun.optim import optim_schema
 from sslrun.outputs import read_metrics, record_config, run_dir, write_metrics
 from sslrun.trainer import build_trainer, compile_for_training
+
+log = logging.getLogger(__name__)
 
 
 def schema(cfg: DictConfig) -> PretrainConfig:
@@ -100,8 +103,14 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     throughput = Throughput()
     precise = uses_precise_bn(cfg.eval.precise_bn, cfg.backbone.name)
     knn = KNNMonitor(
-        cfg.eval.knn_k, cfg.eval.knn_temperature, cfg.eval.every_n_epochs, cfg.trainer.channels_last, precise
+        cfg.eval.knn_k,
+        cfg.eval.knn_temperature,
+        cfg.eval.every_n_epochs,
+        cfg.trainer.channels_last,
+        precise,
+        initial=cfg.eval.initial_knn,
     )
+    warn_if_short(cfg, data)
     grids = ImageGrids(out, cfg.eval.every_n_epochs)
     unreadable = UnreadableImages(data)
     manual = not model.automatic_optimization
@@ -125,15 +134,52 @@ def run(cfg: DictConfig) -> dict[str, float | int]:
     )
     if start_from is not None:
         metrics["resumed_from_step"] = start_from.step
+    title = f"pretrain results ({out})"
+    if knn.initial_knn_top1 is not None:
+        metrics["knn_top1_initial"] = knn.initial_knn_top1
+        if "knn_top1" in metrics and metrics["knn_top1"] <= knn.initial_knn_top1:
+            verdict = (
+                f"kNN top-1 {metrics['knn_top1']:.4f} is not above the {knn.initial_knn_top1:.4f} of the encoder this "
+                f"run started from: at this budget method={cfg.method.name} gave no better features for kNN"
+            )
+            metrics["verdict"] = "kNN not above the starting encoder's"
+            title = f"pretrain results ({out}): NOT better than the starting encoder on kNN"
+            if trainer.is_global_zero:
+                log.warning("%s; see docs/methods.md#how-long-each-method-needs", verdict)
     if trainer.is_global_zero:
         write_metrics(out, metrics)
-        console.print_metrics(metrics, f"pretrain results ({out})")
+        console.print_metrics(metrics, title)
         data = [console.override("data", cfg.data.name)] + (
             [console.override("data.root", cfg.data.root)] if cfg.data.root else []
         )
         finetune = console.command_line("sslrun", "finetune", console.override("pretrained", out), "mode=linear", *data)
         console.print_next([finetune, console.command_line("sslrun", "report", str(out))])
     return metrics
+
+
+def run_epochs(cfg: DictConfig, train_images: int) -> float:
+    """The passes over the data this run makes: ``trainer.max_epochs``, or fewer when ``trainer.max_steps`` ends it
+    first (devices and nodes counted when they are numbers)."""
+    devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+    batch = cfg.data.batch_size * devices * cfg.trainer.num_nodes * cfg.trainer.accumulate_grad_batches
+    epochs = float(cfg.trainer.max_epochs) if cfg.trainer.max_epochs and cfg.trainer.max_epochs > 0 else float("inf")
+    if cfg.trainer.max_steps and cfg.trainer.max_steps > 0:
+        epochs = min(epochs, cfg.trainer.max_steps * batch / max(1, train_images))
+    return epochs
+
+
+def warn_if_short(cfg: DictConfig, data: SSLDataModule) -> None:
+    """One line at the start when the run is shorter than its method was measured to need (sslrun.method_needs)."""
+    from sslrun.cluster import is_first_process
+
+    split = data.splits.pretrain if data.splits.pretrain is not None else data.splits.train
+    try:
+        images = len(split)
+    except TypeError:
+        return
+    line = method_needs.warning(cfg.method.name, round(run_epochs(cfg, images), 1), images)
+    if line and is_first_process():
+        log.warning("%s", line)
 
 
 _REPORTED = ("knn_top1", "knn_top1_best", "linear_top1", "linear_top5", "rankme", "train_loss")

@@ -1,0 +1,233 @@
+"""Learning curves of every method against a random init: each method pretrained at several budgets (epochs) on one
+dataset, each encoder evaluated by ``sslrun finetune mode=linear`` (linear-probe and kNN top-1 on the held-out
+split) beside the random init under the same protocol; per method, "epochs to beat random init" on the linear probe
+(interpolated between budgets, "<= first" or "> last").
+
+    python scripts/learning_curves.py --out runs/curves --budgets 8 30 --extend 60 \\
+        --seeds 0 --more-seeds 0 1 2 --more-seeds-for random byol dino simsiam adversarial_autoencoder gan jigsaw \\
+        --results results/learning_curves.jsonl --png docs/img/learning_curves.png --needs sslrun/method_needs.json
+
+Resumable: every run's dir is kept under ``--out`` and a run whose ``metrics.json`` exists is read back, so the
+sweep (hours of CPU) can be spread over sessions; it works budget by budget (every method at the first budget, then
+the next), one training at a time. ``--extend E`` adds a budget of E epochs for the methods still below the random
+init at the last budget. ``--collect`` trains nothing: it builds the table, the PNG and the needs file from what
+exists. ``--results`` appends a row per (method, budget) once all of its seeds exist (not again on a rerun);
+``--needs`` writes what ``sslrun list`` and the start-of-run warning read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from compare_methods import methods_from_registry, sslrun
+from provenance import append_row, provenance, this_command
+
+DEFAULT_BOTH = ["data=fashion_mnist", "backbone=resnet18", "backbone.width=0.25"]
+
+
+def run_cell(out: Path, method: str, epochs: int, seed: int, args: argparse.Namespace, train: bool) -> dict | None:
+    """Linear-probe metrics of ``method`` pretrained ``epochs`` epochs with ``seed`` (random: no pretraining);
+    None when not there and ``train`` is false, or when a run failed."""
+    common = [f"seed={seed}", *args.both]
+    if method == "random":
+        tune = out / f"random-s{seed}-linear"
+        if not train and not (tune / "metrics.json").is_file():
+            return None
+        return sslrun(tune, "finetune", "mode=linear", "pretrained=none", *common) or None
+    pre = out / f"{method}-e{epochs}-s{seed}"
+    tune = out / f"{method}-e{epochs}-s{seed}-linear"
+    if not train and not (tune / "metrics.json").is_file():
+        return None
+    pretrained = sslrun(pre, "pretrain", f"method={method}", f"trainer.max_epochs={epochs}", *common, *args.pretrain)
+    if not pretrained:
+        return None
+    return sslrun(tune, "finetune", "mode=linear", f"pretrained={pre}", *common) or None
+
+
+def seeds_of(method: str, args: argparse.Namespace) -> list[int]:
+    return args.more_seeds if method in args.more_seeds_for else args.seeds
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def epochs_to_beat(points: list[tuple[int, float]]) -> str | float:
+    """``points``: (epochs, linear top-1 minus random init's), by epochs. The first crossing above zero, linearly
+    interpolated; "<= E" when the first budget already beats it, "> E" when none does."""
+    if not points:
+        return "unmeasured"
+    if points[0][1] > 0:
+        return f"<= {points[0][0]}"
+    for (e0, d0), (e1, d1) in zip(points, points[1:], strict=False):
+        if d1 > 0:
+            return round(e0 + (e1 - e0) * (-d0) / (d1 - d0), 1)
+    return f"> {points[-1][0]}"
+
+
+def collect(out: Path, methods: list[str], budgets: list[int], args: argparse.Namespace, train: bool) -> dict:
+    """{"random": {"linear": [...], "knn": [...]}, method: {epochs: {"linear": [...], "knn": [...], "seeds": [...]}}}"""
+    found: dict = {"random": {"linear": [], "knn": [], "seeds": []}}
+    for seed in seeds_of("random", args):
+        got = run_cell(out, "random", 0, seed, args, train)
+        if got:
+            found["random"]["linear"].append(got["top1"])
+            found["random"]["knn"].append(got["knn_top1"])
+            found["random"]["seeds"].append(seed)
+    for epochs in budgets:  # budget by budget: a partial sweep is a whole first budget
+        for method in methods:
+            if epochs in args.extended and not below_random(found, method):
+                continue
+            cell: dict = {"linear": [], "knn": [], "seeds": []}
+            for seed in seeds_of(method, args):
+                got = run_cell(out, method, epochs, seed, args, train)
+                if got:
+                    cell["train_images"] = got.get("labelled_images")
+                    cell["linear"].append(got["top1"])
+                    cell["knn"].append(got["knn_top1"])
+                    cell["seeds"].append(seed)
+            if cell["seeds"]:
+                found.setdefault(method, {})[epochs] = cell
+                if train:
+                    print(f"{method} {epochs} epochs: linear {cell['linear']} kNN {cell['knn']}", flush=True)
+    return found
+
+
+def below_random(found: dict, method: str) -> bool:
+    """Whether the method's mean linear top-1 at its largest budget so far is not above the random init's."""
+    cells = found.get(method, {})
+    if not cells or not found["random"]["linear"]:
+        return True
+    last = cells[max(cells)]
+    return statistics.mean(last["linear"]) <= statistics.mean(found["random"]["linear"])
+
+
+def rows(found: dict, methods: list[str], args: argparse.Namespace) -> list[dict]:
+    random_linear, random_linear_std = mean_std(found["random"]["linear"])
+    random_knn, _ = mean_std(found["random"]["knn"])
+    out = []
+    for method in methods:
+        cells = found.get(method, {})
+        points = []
+        for epochs in sorted(cells):
+            linear, linear_std = mean_std(cells[epochs]["linear"])
+            knn, knn_std = mean_std(cells[epochs]["knn"])
+            if random_linear is not None:
+                points.append((epochs, linear - random_linear))
+            out.append(
+                {
+                    "method": method,
+                    "epochs": epochs,
+                    "seeds": cells[epochs]["seeds"],
+                    "train_images": cells[epochs].get("train_images"),
+                    "linear_top1": linear,
+                    "linear_top1_std": linear_std,
+                    "knn_top1": knn,
+                    "knn_top1_std": knn_std,
+                    "random_linear_top1": random_linear,
+                    "random_linear_top1_std": random_linear_std,
+                    "random_knn_top1": random_knn,
+                    "random_seeds": found["random"]["seeds"],
+                    "linear_gain": None if random_linear is None else linear - random_linear,
+                    "knn_gain": None if random_knn is None else knn - random_knn,
+                }
+            )
+        for row in out:
+            if row["method"] == method:
+                row["epochs_to_beat_random"] = epochs_to_beat(points)
+    return out
+
+
+def already_recorded(path: Path, row: dict) -> bool:
+    if not path.is_file():
+        return False
+    for line in path.read_text().splitlines():
+        old = json.loads(line)
+        if old.get("method") == row["method"] and old.get("epochs") == row["epochs"]:
+            if old.get("seeds") == row["seeds"] and old.get("random_seeds") == row["random_seeds"]:
+                return True
+    return False
+
+
+def write_png(found: dict, methods: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    random_linear, _ = mean_std(found["random"]["linear"])
+    for method in methods:
+        cells = found.get(method, {})
+        if cells:
+            xs = sorted(cells)
+            ax.plot(xs, [statistics.mean(cells[x]["linear"]) for x in xs], marker="o", label=method)
+    if random_linear is not None:
+        ax.axhline(random_linear, color="black", linestyle="--", label="random init")
+    ax.set_xlabel("pretraining epochs")
+    ax.set_ylabel("linear-probe top-1 (held-out)")
+    ax.set_title("fashion_mnist, resnet18 width 0.25: linear probe against pretraining epochs")
+    ax.legend(fontsize=7, ncol=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_needs(table: list[dict], path: Path, args: argparse.Namespace) -> None:
+    """Per method, the epochs it needed to beat a random init, and on what: read by ``sslrun list`` and by the
+    start-of-run warning (``sslrun.method_needs``)."""
+    needs = {}
+    for row in table:
+        needs[row["method"]] = {
+            "epochs_to_beat_random": row["epochs_to_beat_random"],
+            "measured_on": " ".join(args.both),
+            "train_images": row.get("train_images"),
+            "budgets": sorted({r["epochs"] for r in table if r["method"] == row["method"]}),
+        }
+    path.write_text(json.dumps({"source": "scripts/learning_curves.py", "methods": needs}, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/curves")
+    parser.add_argument("--methods", nargs="*", help="default: every registered method")
+    parser.add_argument("--budgets", nargs="*", type=int, default=[8, 30])
+    parser.add_argument("--extend", type=int, help="one more budget for the methods still below random init")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--more-seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--more-seeds-for", nargs="*", default=[], help="methods (and 'random') run with --more-seeds")
+    parser.add_argument("--both", nargs="*", default=DEFAULT_BOTH, help="overrides for pretrain and finetune")
+    parser.add_argument("--pretrain", nargs="*", default=[], help="overrides for pretrain only")
+    parser.add_argument("--collect", action="store_true", help="train nothing: tables from the runs that exist")
+    parser.add_argument("--results", help="append a row per (method, budget) to this results/*.jsonl file")
+    parser.add_argument("--png", help="write the curves here")
+    parser.add_argument("--needs", help="write the measured needs here (sslrun/method_needs.json)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = args.methods or methods_from_registry()
+    args.extended = [args.extend] if args.extend else []
+    budgets = sorted(set(args.budgets)) + args.extended
+    found = collect(out, methods, budgets, args, train=not args.collect)
+    table = rows(found, methods, args)
+    if args.results:
+        origin = provenance(this_command())
+        for row in table:
+            if not already_recorded(Path(args.results), row):
+                append_row(args.results, row | origin)
+    if args.png:
+        write_png(found, methods, Path(args.png))
+    if args.needs:
+        write_needs(table, Path(args.needs), args)
+    for row in table:
+        print(json.dumps(row), file=sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
