@@ -27,6 +27,31 @@ from compare_methods import methods_from_registry, sslrun
 from provenance import append_row, provenance, this_command
 
 DEFAULT_BOTH = ["data=fashion_mnist", "backbone=resnet18", "backbone.width=0.25"]
+# The header line --results starts a new file with (docs/results.md's table of it).
+HEADER = {
+    "title": "Learning curves: each method against a random init (embedded Fashion-MNIST)",
+    "protocol": (
+        "`scripts/learning_curves.py` pretrains each method with its defaults on the embedded `fashion_mnist` "
+        "(8,000 train / 2,000 held-out 28x28 images), `backbone=resnet18 backbone.width=0.25`, for each "
+        "budget in `trainer.max_epochs`, and evaluates the encoder with `sslrun finetune mode=linear` "
+        "(frozen: linear-probe top-1 and kNN top-1, k=20, T=0.1, on the held-out split) beside a random-init "
+        "encoder under the same protocol. `gain` is the method's mean minus the random init's mean. `epochs "
+        "to beat random` interpolates linearly between budgets where the linear-probe gain crosses zero (`<= "
+        "E`: already above at the first budget; `> E`: below at every budget measured). Seeds are listed per "
+        "row; rows of a sweep still running cover the budgets done so far."
+    ),
+    "key": ["method", "epochs"],
+    "columns": [
+        {"field": "method", "label": "method"},
+        {"field": "epochs", "label": "epochs", "format": 0},
+        {"field": "linear_top1", "label": "linear top-1", "format": 3, "std": "linear_top1_std"},
+        {"field": "random_linear_top1", "label": "random init linear", "format": 3, "std": "random_linear_top1_std"},
+        {"field": "linear_gain", "label": "linear gain", "format": 3},
+        {"field": "knn_top1", "label": "kNN top-1", "format": 3, "std": "knn_top1_std"},
+        {"field": "knn_gain", "label": "kNN gain", "format": 3},
+        {"field": "epochs_to_beat_random", "label": "epochs to beat random"},
+    ],
+}
 
 
 def run_cell(out: Path, method: str, epochs: int, seed: int, args: argparse.Namespace, train: bool) -> dict | None:
@@ -218,6 +243,8 @@ def main() -> None:
     table = rows(found, methods, args)
     if args.results:
         origin = provenance(this_command())
+        if not Path(args.results).is_file() and table:
+            Path(args.results).write_text(json.dumps({"table": HEADER}) + "\n")
         for row in table:
             if not already_recorded(Path(args.results), row):
                 append_row(args.results, row | origin)

@@ -39,7 +39,7 @@ def test_a_run_shorter_than_its_methods_need_is_told(needs):
 @pytest.mark.slow
 def test_the_initial_knn_is_measured_without_changing_the_run_and_an_unmoved_encoder_is_called_so(tmp_path):
     """eval.initial_knn measures the encoder at step 0 and puts the random states and batch-norm statistics back:
-    the run trains as without it. With an lr of 1e-30, a ViT (no batch norm) ends as it began, and the verdict says so."""
+    the run trains as without it. With an lr of 1e-30, a ViT (no batch norm) ends as it began; the verdict says so."""
     runs = {}
     for flag in ("true", "false"):
         run = tmp_path / flag

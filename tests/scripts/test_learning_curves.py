@@ -1,0 +1,52 @@
+"""scripts/learning_curves.py: epochs to beat a random init from the budgets measured, and the needs file it writes
+is what sslrun.method_needs reads."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from sslrun import method_needs
+
+SCRIPTS = Path(__file__).parents[2] / "scripts"
+
+
+@pytest.fixture
+def curves(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import learning_curves
+
+    yield learning_curves
+    sys.modules.pop("learning_curves", None)
+
+
+def test_epochs_to_beat_random_interpolates_between_budgets(curves):
+    assert curves.epochs_to_beat([(8, -0.02), (30, 0.02)]) == 19.0
+    assert curves.epochs_to_beat([(8, 0.01), (30, 0.05)]) == "<= 8"
+    assert curves.epochs_to_beat([(8, -0.05), (30, -0.01), (60, -0.001)]) == "> 60"
+    assert curves.epochs_to_beat([]) == "unmeasured"
+
+
+def test_the_needs_file_feeds_the_start_of_run_warning(curves, tmp_path, monkeypatch):
+    found = {
+        "random": {"linear": [0.75, 0.76, 0.74], "knn": [0.74, 0.74, 0.75], "seeds": [0, 1, 2]},
+        "byol": {
+            8: {"linear": [0.73], "knn": [0.70], "seeds": [0], "train_images": 8000},
+            30: {"linear": [0.77], "knn": [0.78], "seeds": [0], "train_images": 8000},
+        },
+    }
+    args = argparse.Namespace(both=["data=fashion_mnist"])
+    table = curves.rows(found, ["byol"], args)
+    assert [r["epochs"] for r in table] == [8, 30]
+    assert table[0]["linear_gain"] == pytest.approx(-0.02) and table[1]["epochs_to_beat_random"] == 19.0
+    path = tmp_path / "method_needs.json"
+    curves.write_needs(table, path, args)
+    assert json.loads(path.read_text())["methods"]["byol"]["train_images"] == 8000
+    monkeypatch.setattr(method_needs, "NEEDS", path)
+    method_needs.measured.cache_clear()
+    try:
+        assert "needed about 19 epochs" in method_needs.warning("byol", 8, 8000)
+    finally:
+        method_needs.measured.cache_clear()
