@@ -35,13 +35,13 @@ def vae(reconstruction: Tensor, target: Tensor, mu: Tensor, logvar: Tensor, beta
     return (0.5 * sse + beta * gaussian_kl(mu, logvar)) / pixels
 
 
-def discriminator_bce(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+def discriminator_bce(real_logits: Tensor, fake_logits: Tensor, real_target: float = 1.0) -> Tensor:
     """GAN discriminator (Goodfellow et al. 2014): binary cross-entropy of real -> 1 and fake -> 0, each averaged,
-    summed: -log D(x) - log(1 - D(G(z)))."""
+    summed: -log D(x) - log(1 - D(G(z))). ``real_target`` < 1: one-sided label smoothing (Salimans et al. 2016)."""
     real, fake = real_logits.float(), fake_logits.float()
-    return F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
-        fake, torch.zeros_like(fake)
-    )
+    return F.binary_cross_entropy_with_logits(
+        real, torch.full_like(real, real_target)
+    ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
 
 
 def generator_non_saturating(fake_logits: Tensor) -> Tensor:

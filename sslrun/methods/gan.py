@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslrun.config import POSITIVE, MethodConfig, checked
+from sslrun.config import HALF_OPEN_UNIT, POSITIVE, MethodConfig, checked
 from sslrun.data.views import single_view
 from sslrun.losses import discriminator_bce, generator_non_saturating
 from sslrun.methods import METHODS
@@ -70,7 +70,8 @@ class GAN(TwoPlayerMethod):
         real = views[0]
         self.measure_range(real)
         feats = self.backbone(real)
-        loss = discriminator_bce(self.real_fake(feats).squeeze(1), self.discriminate(self.fakes(len(real)).detach()))
+        fake_logits = self.discriminate(self.fakes(len(real)).detach())
+        loss = discriminator_bce(self.real_fake(feats).squeeze(1), fake_logits, self.config.real_label)
         return loss, feats
 
     def second_player_loss(self, views: list[torch.Tensor]) -> torch.Tensor:
@@ -83,3 +84,4 @@ class GAN(TwoPlayerMethod):
     class Config(MethodConfig):
         latent_dim: int = checked(100, POSITIVE)
         generator_width: int = checked(128, POSITIVE)
+        real_label: float = checked(1.0, HALF_OPEN_UNIT)  # < 1: one-sided label smoothing of the real target

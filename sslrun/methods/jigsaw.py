@@ -91,15 +91,17 @@ class Jigsaw(SSLMethod):
         self.grid = resolve_grid(config.grid, image_size)
         self.cell = image_size // self.grid
         self.tile = max(1, int(config.tile_fraction * self.cell))
+        self.tile_size = self.tile if config.tile_size == "native" else int(config.tile_size)
         tiles = self.grid**2
         count = min(config.num_permutations, math.factorial(tiles))
         self.register_buffer("permutations", hamming_permutations(tiles, count))
         log.info(
-            "jigsaw: %d x %d grid of %d-px cells, %d-px tiles, %d permutations",
+            "jigsaw: %d x %d grid of %d-px cells, %d-px tiles (seen at %d px), %d permutations",
             self.grid,
             self.grid,
             self.cell,
             self.tile,
+            self.tile_size,
             count,
         )
         self.classifier = mlp(tiles * self.backbone.feature_dim, config.proj_hidden_dim, count, layers=2)
@@ -117,6 +119,9 @@ class Jigsaw(SSLMethod):
             ),
         )
         cut = cut_tiles(images, self.grid, self.tile, offsets)
+        if self.tile_size != self.tile:  # the backbone sees tiles at the scale it is evaluated at, not at 7 px
+            flat = F.interpolate(cut.flatten(0, 1), size=self.tile_size, mode="bilinear", align_corners=False)
+            cut = flat.view(n, tiles, *flat.shape[1:])
         order = self.permutations[labels]  # (B, T): position j shows tile order[j]
         return cut[torch.arange(n, device=device)[:, None], order], labels
 
@@ -137,3 +142,7 @@ class Jigsaw(SSLMethod):
         grid: Any = checked("auto", or_auto(AT_LEAST_TWO))
         num_permutations: int = checked(100, POSITIVE)
         tile_fraction: float = checked(0.85, HALF_OPEN_UNIT)
+        # the side the tiles are resized to before the backbone (native: their own, 7 px on a 28 px image)
+        tile_size: Any = checked(
+            "native", Rule(lambda v: v == "native" or (isinstance(v, int) and v >= 1), "native or a size in px")
+        )

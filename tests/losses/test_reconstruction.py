@@ -51,6 +51,9 @@ def test_gan_losses_are_the_log_sigmoid_forms():
     expected_d = -log_sigmoid(real).mean() - log_sigmoid(-fake).mean()  # -log D(x) - log(1 - D(G(z)))
     assert discriminator_bce(real, fake).item() == pytest.approx(expected_d.item(), rel=1e-6)
     assert generator_non_saturating(fake).item() == pytest.approx(-log_sigmoid(fake).mean().item(), rel=1e-6)
+    # one-sided label smoothing: real -> 0.9 (-0.9 log D(x) - 0.1 log(1 - D(x))), fakes still -> 0
+    smoothed = -(0.9 * log_sigmoid(real) + 0.1 * log_sigmoid(-real)).mean() - log_sigmoid(-fake).mean()
+    assert discriminator_bce(real, fake, real_target=0.9).item() == pytest.approx(smoothed.item(), rel=1e-6)
 
 
 def test_reconstruction_mse_is_the_mean_squared_error_and_checks_shapes():

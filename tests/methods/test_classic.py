@@ -62,6 +62,14 @@ def test_jigsaw_shows_the_tiles_in_the_order_of_its_label():
             assert torch.equal(shuffled[b, j], cut[b, order[j]])
 
 
+def test_jigsaw_tiles_can_be_shown_at_another_size():
+    model = build("jigsaw", "method.tile_size=12")
+    shuffled, _ = model.puzzles(torch.randn(3, 1, SIZE, SIZE))
+    assert shuffled.shape == (3, model.grid**2, 1, 12, 12) and model.tile < 12
+    loss, _ = model.ssl_step([torch.randn(3, 1, SIZE, SIZE)])
+    assert torch.isfinite(loss)
+
+
 def test_cut_tiles_takes_each_tile_from_its_cell_at_its_offset():
     images = torch.arange(36.0).view(1, 1, 6, 6)
     offsets = torch.tensor([[[0, 0], [1, 0], [0, 1], [1, 1]]])
