@@ -102,6 +102,7 @@ def test_the_schedule_of_a_two_player_method_spans_its_batches():
             max_steps=max_steps,
             max_epochs=2,
             world_size=1,
+            num_nodes=1,
         )
         cfg = optim_cfg("sgd", lr=1.0)
         cfg.warmup_epochs = 0
