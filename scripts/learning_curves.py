@@ -7,8 +7,9 @@ split) beside the random init under the same protocol; per method, "epochs to be
         --seeds 0 --more-seeds 0 1 2 --more-seeds-for random byol dino simsiam adversarial_autoencoder gan jigsaw \\
         --results results/learning_curves.jsonl --png docs/img/learning_curves.png --needs sslrun/method_needs.json
 
-Resumable: every run's dir is kept under ``--out`` and a run whose ``metrics.json`` exists is read back, so the
-sweep (hours of CPU) can be spread over sessions; it works budget by budget (every method at the first budget, then
+Resumable: a run whose ``metrics.json`` exists under ``--out`` is read back, and so is one whose figures a row of
+``--results`` holds (per seed, with the same overrides): the run dirs of an earlier session need not be there, so
+the sweep (hours of CPU) can be spread over sessions; it works budget by budget (every method at the first budget, then
 the next), one training at a time. ``--extend E`` adds a budget of E epochs for the methods still below the random
 init at the last budget. ``--collect`` trains nothing: it builds the table, the PNG and the needs file from what
 exists. ``--results`` appends a row per (method, budget) once all of its seeds exist (not again on a rerun);
@@ -40,9 +41,10 @@ HEADER = {
         "E`: already above at the first budget; `> E`: below at every budget measured). Seeds are listed per "
         "row; rows of a sweep still running cover the budgets done so far."
     ),
-    "key": ["method", "epochs"],
+    "key": ["method", "epochs", "variant"],
     "columns": [
         {"field": "method", "label": "method"},
+        {"field": "variant", "label": "pretrain overrides"},
         {"field": "epochs", "label": "epochs", "format": 0},
         {"field": "linear_top1", "label": "linear top-1", "format": 3, "std": "linear_top1_std"},
         {"field": "random_linear_top1", "label": "random init linear", "format": 3, "std": "random_linear_top1_std"},
@@ -58,6 +60,10 @@ def run_cell(out: Path, method: str, epochs: int, seed: int, args: argparse.Name
     """Linear-probe metrics of ``method`` pretrained ``epochs`` epochs with ``seed`` (random: no pretraining);
     None when not there and ``train`` is false, or when a run failed."""
     common = [f"seed={seed}", *args.both]
+    recorded = args.recorded.get((method, 0 if method == "random" else epochs, seed))
+    here = out / (f"random-s{seed}-linear" if method == "random" else f"{method}-e{epochs}-s{seed}-linear")
+    if recorded is not None and not (here / "metrics.json").is_file():
+        return recorded  # measured in an earlier session: its run dirs are gone, its figures are in --results
     if method == "random":
         tune = out / f"random-s{seed}-linear"
         if not train and not (tune / "metrics.json").is_file():
@@ -71,6 +77,25 @@ def run_cell(out: Path, method: str, epochs: int, seed: int, args: argparse.Name
     if not pretrained:
         return None
     return sslrun(tune, "finetune", "mode=linear", f"pretrained={pre}", *common) or None
+
+
+def recorded_runs(path: str | None, args: argparse.Namespace) -> dict:
+    """{(method, epochs, seed): {"top1", "knn_top1", "labelled_images"}} from the per-seed figures of the rows in
+    ``--results`` with these same overrides (random init under epochs 0): what an earlier session measured."""
+    found: dict = {}
+    if not path or not Path(path).is_file():
+        return found
+    for line in Path(path).read_text().splitlines()[1:]:
+        row = json.loads(line)
+        if row.get("both_overrides") != args.both or row.get("pretrain_overrides") != args.pretrain:
+            continue
+        for seed, linear, knn in row.get("per_seed", []):
+            found[(row["method"], row["epochs"], seed)] = {
+                "top1": linear, "knn_top1": knn, "labelled_images": row.get("train_images")
+            }  # fmt: skip
+        for seed, linear, knn in row.get("random_per_seed", []):
+            found[("random", 0, seed)] = {"top1": linear, "knn_top1": knn}
+    return found
 
 
 def seeds_of(method: str, args: argparse.Namespace) -> list[int]:
@@ -150,6 +175,15 @@ def rows(found: dict, methods: list[str], args: argparse.Namespace) -> list[dict
                     "method": method,
                     "epochs": epochs,
                     "seeds": cells[epochs]["seeds"],
+                    "per_seed": [
+                        list(v) for v in zip(*(cells[epochs][k] for k in ("seeds", "linear", "knn")), strict=True)
+                    ],
+                    "random_per_seed": [
+                        list(v) for v in zip(*(found["random"][k] for k in ("seeds", "linear", "knn")), strict=True)
+                    ],
+                    "both_overrides": list(args.both),
+                    "pretrain_overrides": list(args.pretrain),
+                    "variant": " ".join(args.pretrain) or "defaults",
                     "train_images": cells[epochs].get("train_images"),
                     "linear_top1": linear,
                     "linear_top1_std": linear_std,
@@ -174,7 +208,8 @@ def already_recorded(path: Path, row: dict) -> bool:
         return False
     for line in path.read_text().splitlines():
         old = json.loads(line)
-        if old.get("method") == row["method"] and old.get("epochs") == row["epochs"]:
+        same = all(old.get(k) == row[k] for k in ("method", "epochs", "variant", "both_overrides"))
+        if same:
             if old.get("seeds") == row["seeds"] and old.get("random_seeds") == row["random_seeds"]:
                 return True
     return False
@@ -237,6 +272,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     methods = args.methods or methods_from_registry()
+    args.recorded = recorded_runs(args.results, args)
     args.extended = [args.extend] if args.extend else []
     budgets = sorted(set(args.budgets)) + args.extended
     found = collect(out, methods, budgets, args, train=not args.collect)

@@ -37,7 +37,7 @@ def test_the_needs_file_feeds_the_start_of_run_warning(curves, tmp_path, monkeyp
             30: {"linear": [0.77], "knn": [0.78], "seeds": [0], "train_images": 8000},
         },
     }
-    args = argparse.Namespace(both=["data=fashion_mnist"])
+    args = argparse.Namespace(both=["data=fashion_mnist"], pretrain=[])
     table = curves.rows(found, ["byol"], args)
     assert [r["epochs"] for r in table] == [8, 30]
     assert table[0]["linear_gain"] == pytest.approx(-0.02) and table[1]["epochs_to_beat_random"] == 19.0
@@ -50,3 +50,20 @@ def test_the_needs_file_feeds_the_start_of_run_warning(curves, tmp_path, monkeyp
         assert "needed about 19 epochs" in method_needs.warning("byol", 8, 8000)
     finally:
         method_needs.measured.cache_clear()
+
+
+def test_a_later_session_reads_the_measured_seeds_back_from_the_results_rows(curves, tmp_path):
+    """Run dirs do not outlive a session's checkout; the per-seed figures in --results let the sweep go on."""
+    found = {
+        "random": {"linear": [0.75, 0.76], "knn": [0.74, 0.75], "seeds": [0, 1]},
+        "gan": {8: {"linear": [0.70], "knn": [0.64], "seeds": [0], "train_images": 8000}},
+    }
+    args = argparse.Namespace(both=["data=fashion_mnist"], pretrain=[])
+    results = tmp_path / "curves.jsonl"
+    results.write_text(json.dumps({"table": curves.HEADER}) + "\n")
+    for row in curves.rows(found, ["gan"], args):
+        results.open("a").write(json.dumps(row) + "\n")
+    recorded = curves.recorded_runs(str(results), args)
+    assert recorded[("gan", 8, 0)]["top1"] == 0.70 and recorded[("random", 0, 1)]["knn_top1"] == 0.75
+    other = argparse.Namespace(both=["data=fashion_mnist"], pretrain=["method.real_label=0.9"])
+    assert curves.recorded_runs(str(results), other) == {}  # another variant's figures are not these
