@@ -146,7 +146,22 @@ def collect(out: Path, methods: list[str], budgets: list[int], args: argparse.Na
                 found.setdefault(method, {})[epochs] = cell
                 if train:
                     print(f"{method} {epochs} epochs: linear {cell['linear']} kNN {cell['knn']}", flush=True)
+                    record(found, method, args)  # at once: a sweep cut off keeps every cell it finished
     return found
+
+
+def record(found: dict, method: str, args: argparse.Namespace) -> None:
+    """Append ``method``'s rows not yet in ``--results`` (with provenance)."""
+    if not args.results:
+        return
+    path = Path(args.results)
+    table = rows(found, [method], args)
+    if not path.is_file() and table:
+        path.write_text(json.dumps({"table": HEADER}) + "\n")
+    origin = provenance(this_command())
+    for row in table:
+        if not already_recorded(path, row):
+            append_row(path, row | origin)
 
 
 def below_random(found: dict, method: str) -> bool:
@@ -210,7 +225,8 @@ def already_recorded(path: Path, row: dict) -> bool:
         old = json.loads(line)
         same = all(old.get(k) == row[k] for k in ("method", "epochs", "variant", "both_overrides"))
         if same:
-            if old.get("seeds") == row["seeds"] and old.get("random_seeds") == row["random_seeds"]:
+            keys = ("seeds", "random_seeds", "epochs_to_beat_random")
+            if all(old.get(k) == row[k] for k in keys):
                 return True
     return False
 
@@ -277,13 +293,8 @@ def main() -> None:
     budgets = sorted(set(args.budgets)) + args.extended
     found = collect(out, methods, budgets, args, train=not args.collect)
     table = rows(found, methods, args)
-    if args.results:
-        origin = provenance(this_command())
-        if not Path(args.results).is_file() and table:
-            Path(args.results).write_text(json.dumps({"table": HEADER}) + "\n")
-        for row in table:
-            if not already_recorded(Path(args.results), row):
-                append_row(args.results, row | origin)
+    for method in methods:
+        record(found, method, args)
     if args.png:
         write_png(found, methods, Path(args.png))
     if args.needs:
