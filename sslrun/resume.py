@@ -39,7 +39,17 @@ MAY_DIFFER = (
     "eval.precise_bn",
     "eval.max_train_images",
     "eval.max_val_images",
+    "eval.initial_knn",
+    "trainer.compile",
 )
+# Keys added after runs were already written, with the value the older code behaved as: a checkpoint without the
+# key is taken to have had that value (an older run resumes after an upgrade; one with another value is refused).
+ADDED_KEYS = {
+    "trainer.accumulate_grad_batches": 1,
+    "trainer.activation_checkpointing": False,
+    "method.real_label": 1.0,
+    "method.tile_size": "native",
+}
 
 
 @dataclass
@@ -135,6 +145,9 @@ def run_info_of(ckpt: Any, path: Path) -> dict[str, Any]:
 def differing(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, old value, new value) for the flattened keys that differ, except those ``MAY_DIFFER``."""
     before, after = _flatten(old), _flatten(new)
+    for key, value in ADDED_KEYS.items():
+        if key in after and key not in before:
+            before[key] = value
     keys = sorted(set(before) | set(after))
     return [
         (key, before.get(key), after.get(key))

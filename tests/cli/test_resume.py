@@ -127,6 +127,12 @@ def test_differing_ignores_what_may_change_and_names_the_rest():
     assert differing(old, new) == [("method.temperature", 0.2, 0.5), ("trainer.precision", "32", "bf16-mixed")]
     assert "trainer.max_epochs" in MAY_DIFFER and differing(old, old) == []
     assert differing({"a": 1}, {"a": 1, "b": 2}) == [("b", None, 2)]
+    # a run written before a key existed resumes when the key keeps the value the older code behaved as
+    before_the_key = {"trainer": {"max_epochs": 1}}
+    assert differing(before_the_key, {"trainer": {"max_epochs": 1, "accumulate_grad_batches": 1}}) == []
+    assert differing(before_the_key, {"trainer": {"max_epochs": 1, "accumulate_grad_batches": 2}}) == [
+        ("trainer.accumulate_grad_batches", 1, 2)
+    ]
 
 
 def test_a_checkpoint_is_finished_by_epochs_or_steps():
