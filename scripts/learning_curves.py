@@ -46,6 +46,7 @@ HEADER = {
         {"field": "method", "label": "method"},
         {"field": "variant", "label": "pretrain overrides"},
         {"field": "epochs", "label": "epochs", "format": 0},
+        {"field": "seeds", "label": "seeds"},
         {"field": "linear_top1", "label": "linear top-1", "format": 3, "std": "linear_top1_std"},
         {"field": "random_linear_top1", "label": "random init linear", "format": 3, "std": "random_linear_top1_std"},
         {"field": "linear_gain", "label": "linear gain", "format": 3},
@@ -158,7 +159,8 @@ def record(found: dict, method: str, args: argparse.Namespace) -> None:
     table = rows(found, [method], args)
     if not path.is_file() and table:
         path.write_text(json.dumps({"table": HEADER}) + "\n")
-    origin = provenance(this_command())
+    # --collect only reads what the same command without it trained: the row names that command
+    origin = provenance(this_command().replace(" --collect", ""))
     for row in table:
         if not already_recorded(path, row):
             append_row(path, row | origin)
