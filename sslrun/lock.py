@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sslrun.cluster import is_first_process
 from sslrun.errors import UserError
-from sslrun.outputs import is_first_process
 
 LOCK = ".sslrun.lock"
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sslrun import console
+from sslrun.cluster import is_first_process
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +24,6 @@ def run_dir() -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path.cwd()
-
-
-def is_first_process() -> bool:
-    """The first process of a run: DDP ranks after the first are relaunched with LOCAL_RANK set, later nodes have
-    NODE_RANK, srun's tasks SLURM_PROCID (``sslrun.cluster.process_rank``)."""
-    from sslrun.cluster import is_first_process as first
-
-    return first()
 
 
 def record_config(cfg: DictConfig, command: str, continuing: bool = False) -> None:

@@ -13,6 +13,7 @@ from sslrun.callbacks.image_grid import ImageGrids
 from sslrun.callbacks.knn import KNNMonitor
 from sslrun.callbacks.throughput import Throughput
 from sslrun.callbacks.unreadable import UnreadableImages
+from sslrun.cluster import is_first_process
 from sslrun.config import PretrainConfig
 from sslrun.data import SSLDataModule
 from sslrun.data.base import check_label_fraction
@@ -170,8 +171,6 @@ def run_epochs(cfg: DictConfig, train_images: int) -> float:
 
 def warn_if_short(cfg: DictConfig, data: SSLDataModule) -> None:
     """One line at the start when the run is shorter than its method was measured to need (sslrun.method_needs)."""
-    from sslrun.cluster import is_first_process
-
     split = data.splits.pretrain if data.splits.pretrain is not None else data.splits.train
     try:
         images = len(split)

@@ -171,6 +171,8 @@ def _mlflow(cfg: Any, out_dir: Path, ids: dict) -> Any:
 def log_config(loggers: list, config: dict) -> None:
     """The resolved config and sslrun's version and commit, into every logger (W&B's config, MLflow's params,
     TensorBoard's and CSV's hparams)."""
+    if not loggers or not is_first_process():  # the other ranks' loggers write nothing: no git calls there
+        return
     params = {"config": config, "sslrun": source_version()}
     for logger in loggers:
         logger.log_hyperparams(params)

@@ -106,8 +106,8 @@ class KNNMonitor(pl.Callback):
         for name, value in metrics.items():
             pl_module.log(name, value, prog_bar=name == "knn_top1", sync_dist=True)
 
-    def _embed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, bank: bool = True) -> tuple:
-        """(val features, val labels, bank features, bank labels); the bank only with labels and ``bank``."""
+    def _embed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple:
+        """(val features, val labels, bank features, bank labels); the bank (train split) only with labels."""
         train_loader, val_loader = trainer.datamodule.eval_dataloaders()
         ctx = trainer.precision_plugin.forward_context
         args = (pl_module.device, ctx, self.channels_last)
@@ -115,7 +115,7 @@ class KNNMonitor(pl.Callback):
             precise_bn(pl_module.backbone, train_loader, *args)
         # under DDP each rank embeds its share of each split; every rank then holds all the features
         feats, labels = gather_features(*extract_features(pl_module.backbone, val_loader, *args))
-        if pl_module.probe is None or not bank:
+        if pl_module.probe is None:
             return feats, labels, None, None
         return (feats, labels, *gather_features(*extract_features(pl_module.backbone, train_loader, *args)))
 

@@ -3,18 +3,12 @@ cluster mistakes refused before anything starts."""
 
 import json
 import os
-import socket
 import subprocess
 
 import pytest
 
 from helpers.cli import SSLRUN, TINY, assert_user_error, sslrun
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers.processes import free_port
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.processes import free_port
 from sslrun.methods import METHODS
 
 WORKER = Path(__file__).parents[1] / "helpers" / "ddp_worker.py"
@@ -69,14 +70,6 @@ def test_ddp_equals_single_process(worlds, job):
 
 
 NODE_JOBS = ["contrastive:chunked", "byol"]  # the gathered loss, and an EMA teacher
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

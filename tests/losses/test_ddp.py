@@ -9,19 +9,12 @@ L_r = nt_xent(Z1, Z2, t, rows=n, row_offset=r n), the mean over its 2n rows. Wit
 - DDP averages parameter gradients over ranks: (1/W) sum_r dL_r/dP = dL/dP.
 """
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from helpers.nt_xent_ddp import BACKENDS, WORLD, single_process, worker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers.processes import free_port
 
 
 @pytest.fixture(scope="module")

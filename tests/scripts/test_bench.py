@@ -1,21 +1,15 @@
 """Benchmarks measure what they say: every timed sslrun run of scripts/bench_pretrain.py starts fresh; bench_data
 times the tree it wrote."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPTS = Path(__file__).parents[2] / "scripts"
+from helpers.processes import script_module
 
 
 @pytest.fixture
 def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    import bench_pretrain
-
-    yield bench_pretrain
-    sys.modules.pop("bench_pretrain", None)
+    with script_module(monkeypatch, "bench_pretrain") as module:
+        yield module
 
 
 def test_each_timed_repeat_is_a_new_run(bench, tmp_path):
@@ -29,11 +23,8 @@ def test_each_timed_repeat_is_a_new_run(bench, tmp_path):
 
 
 def test_the_data_bench_times_the_tree_it_wrote(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    import bench_data
-
-    bench_data.make_tree(tmp_path / "60", 60)
-    assert len(list((tmp_path / "60").rglob("*.png"))) == 60 and (tmp_path / "60" / ".complete").is_file()
-    seconds, files = bench_data.startup_seconds(tmp_path / "60")
+    with script_module(monkeypatch, "bench_data") as bench_data:
+        bench_data.make_tree(tmp_path / "60", 60)
+        assert len(list((tmp_path / "60").rglob("*.png"))) == 60 and (tmp_path / "60" / ".complete").is_file()
+        seconds, files = bench_data.startup_seconds(tmp_path / "60")
     assert files == 60 and seconds > 0
-    sys.modules.pop("bench_data", None)

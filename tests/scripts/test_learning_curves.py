@@ -3,23 +3,17 @@ is what sslrun.method_needs reads."""
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from helpers.processes import script_module
 from sslrun import method_needs
-
-SCRIPTS = Path(__file__).parents[2] / "scripts"
 
 
 @pytest.fixture
 def curves(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    import learning_curves
-
-    yield learning_curves
-    sys.modules.pop("learning_curves", None)
+    with script_module(monkeypatch, "learning_curves") as module:
+        yield module
 
 
 def test_epochs_to_beat_random_interpolates_between_budgets(curves):
