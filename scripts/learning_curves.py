@@ -57,12 +57,19 @@ HEADER = {
 }
 
 
+def variant_suffix(pretrain: list[str]) -> str:
+    """The run-dir suffix of a variant (its pretrain overrides, ``method.`` dropped): variants of one method, budget
+    and seed keep apart under one ``--out``; the defaults have none, as their dirs always had."""
+    return "".join("+" + o.removeprefix("method.").replace("/", "_") for o in pretrain)
+
+
 def run_cell(out: Path, method: str, epochs: int, seed: int, args: argparse.Namespace, train: bool) -> dict | None:
     """Linear-probe metrics of ``method`` pretrained ``epochs`` epochs with ``seed`` (random: no pretraining);
     None when not there and ``train`` is false, or when a run failed."""
     common = [f"seed={seed}", *args.both]
     recorded = args.recorded.get((method, 0 if method == "random" else epochs, seed))
-    here = out / (f"random-s{seed}-linear" if method == "random" else f"{method}-e{epochs}-s{seed}-linear")
+    name = f"{method}-e{epochs}-s{seed}{variant_suffix(args.pretrain)}"
+    here = out / (f"random-s{seed}-linear" if method == "random" else f"{name}-linear")
     if recorded is not None and not (here / "metrics.json").is_file():
         return recorded  # measured in an earlier session: its run dirs are gone, its figures are in --results
     if method == "random":
@@ -70,8 +77,7 @@ def run_cell(out: Path, method: str, epochs: int, seed: int, args: argparse.Name
         if not train and not (tune / "metrics.json").is_file():
             return None
         return sslrun(tune, "finetune", "mode=linear", "pretrained=none", *common) or None
-    pre = out / f"{method}-e{epochs}-s{seed}"
-    tune = out / f"{method}-e{epochs}-s{seed}-linear"
+    pre, tune = out / name, here
     if not train and not (tune / "metrics.json").is_file():
         return None
     pretrained = sslrun(pre, "pretrain", f"method={method}", f"trainer.max_epochs={epochs}", *common, *args.pretrain)

@@ -61,3 +61,22 @@ def test_a_later_session_reads_the_measured_seeds_back_from_the_results_rows(cur
     assert recorded[("gan", 8, 0)]["top1"] == 0.70 and recorded[("random", 0, 1)]["knn_top1"] == 0.75
     other = argparse.Namespace(both=["data=fashion_mnist"], pretrain=["method.real_label=0.9"])
     assert curves.recorded_runs(str(results), other) == {}  # another variant's figures are not these
+
+
+def test_variants_of_one_method_budget_and_seed_train_in_their_own_dirs(curves, tmp_path, monkeypatch):
+    """A variant must not read back the defaults' (or another variant's) run: each has its own pretrain dir."""
+    calls = []
+
+    def fake_sslrun(run_dir, *cli):
+        calls.append(run_dir.name)
+        return {"top1": 0.8, "knn_top1": 0.7}
+
+    monkeypatch.setattr(curves, "sslrun", fake_sslrun)
+    for pretrain in ([], ["method.r1_gamma=1"], ["method.r1_gamma=1", "method.diffaugment=true"]):
+        args = argparse.Namespace(both=["data=fashion_mnist"], pretrain=pretrain, recorded={})
+        curves.run_cell(tmp_path, "gan", 8, 0, args, train=True)
+    assert calls == [
+        "gan-e8-s0", "gan-e8-s0-linear",
+        "gan-e8-s0+r1_gamma=1", "gan-e8-s0+r1_gamma=1-linear",
+        "gan-e8-s0+r1_gamma=1+diffaugment=true", "gan-e8-s0+r1_gamma=1+diffaugment=true-linear",
+    ]  # fmt: skip
