@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -58,9 +59,10 @@ HEADER = {
 
 
 def variant_suffix(pretrain: list[str]) -> str:
-    """The run-dir suffix of a variant (its pretrain overrides, ``method.`` dropped): variants of one method, budget
+    """The run-dir suffix of a variant (its pretrain overrides, ``method.`` dropped, "=" and other characters Hydra
+    would parse in hydra.run.dir as "-"): variants of one method, budget
     and seed keep apart under one ``--out``; the defaults have none, as their dirs always had."""
-    return "".join("+" + o.removeprefix("method.").replace("/", "_") for o in pretrain)
+    return "".join("+" + re.sub(r"[^A-Za-z0-9_.-]", "-", o.removeprefix("method.")) for o in pretrain)
 
 
 def run_cell(out: Path, method: str, epochs: int, seed: int, args: argparse.Namespace, train: bool) -> dict | None:

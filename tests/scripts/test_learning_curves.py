@@ -77,6 +77,6 @@ def test_variants_of_one_method_budget_and_seed_train_in_their_own_dirs(curves, 
         curves.run_cell(tmp_path, "gan", 8, 0, args, train=True)
     assert calls == [
         "gan-e8-s0", "gan-e8-s0-linear",
-        "gan-e8-s0+r1_gamma=1", "gan-e8-s0+r1_gamma=1-linear",
-        "gan-e8-s0+r1_gamma=1+diffaugment=true", "gan-e8-s0+r1_gamma=1+diffaugment=true-linear",
+        "gan-e8-s0+r1_gamma-1", "gan-e8-s0+r1_gamma-1-linear",
+        "gan-e8-s0+r1_gamma-1+diffaugment-true", "gan-e8-s0+r1_gamma-1+diffaugment-true-linear",
     ]  # fmt: skip
